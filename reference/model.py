@@ -1,0 +1,219 @@
+"""Whisper in numpy: the reference every other backend is checked against.
+
+Written to be read next to the paper: one small function per idea, a shape comment on each, float32
+throughout. `NumpyModel` implements the backend protocol (reference/backend.py) on top of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import kv as kvslots
+from .dims import ModelDims
+from .weights import Checkpoint, Weights
+
+LN_EPS = 1e-5  # PyTorch's LayerNorm default, which Whisper was trained with
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def gelu(x: np.ndarray) -> np.ndarray:  # [...] -> [...]
+    # The exact erf form (torch.nn.GELU's default), not the tanh approximation.
+    return 0.5 * x * (1.0 + _erf(x * np.float32(1.0 / math.sqrt(2.0))))
+
+
+def _erf(x: np.ndarray) -> np.ndarray:  # [...] -> [...]
+    # numpy has no erf. Numerical Recipes' Chebyshev fit of erfc has relative error < 1.2e-7
+    # everywhere (about one float32 ulp); evaluated in float64 so the polynomial adds no error of its own.
+    z = np.abs(x.astype(np.float64))
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    erfc = t * np.exp(poly)
+    return np.where(x >= 0, 1.0 - erfc, erfc - 1.0).astype(np.float32)
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:  # [n, d] -> [n, d]
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + np.float32(LN_EPS)) * g + b
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # [n, in] -> [n, out]
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
+    # [c_in, t] -> [t_out, c_out], kernel 3, padding 1: gather the 3 taps (im2col), then one matmul.
+    c_out, c_in, k = w.shape
+    padded = np.pad(x, ((0, 0), (1, 1)))  # [c_in, t + 2]
+    t_out = (padded.shape[1] - k) // stride + 1
+    cols = np.stack([padded[:, j : j + stride * t_out : stride] for j in range(k)], axis=-1)  # [c_in, t_out, k]
+    cols = cols.transpose(1, 0, 2).reshape(t_out, c_in * k)  # [t_out, c_in * k]
+    return cols @ w.reshape(c_out, c_in * k).T + b  # [t_out, c_out]
+
+
+def softmax(x: np.ndarray) -> np.ndarray:  # [..., n] -> [..., n]
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:  # [n, d] -> [1, n_head, n, d / n_head]
+    n, d = x.shape
+    return x.reshape(n, n_head, d // n_head).transpose(1, 0, 2)[None]
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:  # [1, n_head, n, head_dim] -> [n, n_head * head_dim]
+    _, h, n, hd = x.shape
+    return x[0].transpose(1, 0, 2).reshape(n, h * hd)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None = None) -> np.ndarray:
+    # q [1, h, n_q, hd], k/v [1, h, n_kv, hd] -> [1, h, n_q, hd].
+    # With q_offset (causal self-attention), query i sits at absolute position q_offset + i and may
+    # only look at keys 0 .. q_offset + i.
+    scale = np.float32(q.shape[-1] ** -0.25)  # openai-whisper scales q and k by d^-1/4 each
+    scores = (q * scale) @ (k * scale).transpose(0, 1, 3, 2)  # [1, h, n_q, n_kv]
+    if q_offset is not None:
+        n_q, n_kv = scores.shape[-2:]
+        future = np.arange(n_kv)[None, :] > (q_offset + np.arange(n_q))[:, None]  # [n_q, n_kv]
+        scores = np.where(future, np.float32(-np.inf), scores)
+    return softmax(scores) @ v
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder
+
+
+def encoder_block(x: np.ndarray, w: Weights, p: str, n_head: int) -> np.ndarray:  # [n, d] -> [n, d]
+    h = layer_norm(x, w[f"{p}.attn_ln.weight"], w[f"{p}.attn_ln.bias"])
+    q = split_heads(linear(h, w[f"{p}.attn.query.weight"], w[f"{p}.attn.query.bias"]), n_head)
+    k = split_heads(linear(h, w[f"{p}.attn.key.weight"]), n_head)
+    v = split_heads(linear(h, w[f"{p}.attn.value.weight"], w[f"{p}.attn.value.bias"]), n_head)
+    x = x + linear(merge_heads(attention(q, k, v)), w[f"{p}.attn.out.weight"], w[f"{p}.attn.out.bias"])
+    return x + mlp(x, w, p)
+
+
+def mlp(x: np.ndarray, w: Weights, p: str) -> np.ndarray:  # [n, d] -> [n, d]
+    h = layer_norm(x, w[f"{p}.mlp_ln.weight"], w[f"{p}.mlp_ln.bias"])
+    h = gelu(linear(h, w[f"{p}.mlp.0.weight"], w[f"{p}.mlp.0.bias"]))  # [n, 4d]
+    return linear(h, w[f"{p}.mlp.2.weight"], w[f"{p}.mlp.2.bias"])
+
+
+def encode(mel: np.ndarray, w: Weights, dims: ModelDims) -> np.ndarray:
+    # [n_mels, 2 * n_audio_ctx] -> [n_audio_ctx, n_audio_state]
+    x = gelu(conv1d(mel, w["encoder.conv1.weight"], w["encoder.conv1.bias"], stride=1))  # [2 ctx, d]
+    x = gelu(conv1d(x.T, w["encoder.conv2.weight"], w["encoder.conv2.bias"], stride=2))  # [ctx, d]
+    x = x + w["encoder.positional_embedding"]
+    for i in range(dims.n_audio_layer):
+        x = encoder_block(x, w, f"encoder.blocks.{i}", dims.n_audio_head)
+    return layer_norm(x, w["encoder.ln_post.weight"], w["encoder.ln_post.bias"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoder
+
+
+def cross_kv(audio: np.ndarray, w: Weights, layer: int, n_head: int) -> tuple[np.ndarray, np.ndarray]:
+    # [n_audio_ctx, d] -> key, value [1, n_head, n_audio_ctx, head_dim]: computed once per window.
+    p = f"decoder.blocks.{layer}.cross_attn"
+    k = split_heads(linear(audio, w[f"{p}.key.weight"]), n_head)
+    v = split_heads(linear(audio, w[f"{p}.value.weight"], w[f"{p}.value.bias"]), n_head)
+    return k, v
+
+
+def decoder_block(
+    x: np.ndarray, w: Weights, layer: int, n_head: int, past_k: np.ndarray, past_v: np.ndarray,
+    cross_k: np.ndarray, cross_v: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # x [n, d], past self K/V [1, h, past, hd], cross K/V [1, h, n_audio_ctx, hd]
+    #   -> x [n, d], present self K/V [1, h, past + n, hd]
+    p = f"decoder.blocks.{layer}"
+    h = layer_norm(x, w[f"{p}.attn_ln.weight"], w[f"{p}.attn_ln.bias"])
+    q = split_heads(linear(h, w[f"{p}.attn.query.weight"], w[f"{p}.attn.query.bias"]), n_head)
+    k = np.concatenate([past_k, split_heads(linear(h, w[f"{p}.attn.key.weight"]), n_head)], axis=2)
+    v = np.concatenate([past_v, split_heads(linear(h, w[f"{p}.attn.value.weight"], w[f"{p}.attn.value.bias"]),
+                                            n_head)], axis=2)
+    a = attention(q, k, v, q_offset=past_k.shape[2])
+    x = x + linear(merge_heads(a), w[f"{p}.attn.out.weight"], w[f"{p}.attn.out.bias"])
+
+    h = layer_norm(x, w[f"{p}.cross_attn_ln.weight"], w[f"{p}.cross_attn_ln.bias"])
+    q = split_heads(linear(h, w[f"{p}.cross_attn.query.weight"], w[f"{p}.cross_attn.query.bias"]), n_head)
+    a = attention(q, cross_k, cross_v)
+    x = x + linear(merge_heads(a), w[f"{p}.cross_attn.out.weight"], w[f"{p}.cross_attn.out.bias"])
+    return x + mlp(x, w, p), k, v
+
+
+def decode(
+    tokens: Sequence[int], kv: list[np.ndarray], w: Weights, dims: ModelDims, all_positions: bool = False,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    # tokens [n], kv: 4 * n_text_layer slots with self length `past`
+    #   -> logits [n_vocab] (last position) or [n, n_vocab], present self slots (2 per layer, layer-major)
+    past = kv[kvslots.slot_index(0, kvslots.SlotKind.SELF_KEY)].shape[2]
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if past + len(tokens) > dims.n_text_ctx:
+        raise ValueError(f"decoder context overflow: {past} + {len(tokens)} positions > n_text_ctx {dims.n_text_ctx}")
+    x = w["decoder.token_embedding.weight"][tokens] + w["decoder.positional_embedding"][past : past + len(tokens)]
+    present = []
+    for i in range(dims.n_text_layer):
+        slot = {kind: kv[kvslots.slot_index(i, kind)] for kind in kvslots.SlotKind}
+        x, k, v = decoder_block(x, w, i, dims.n_text_head, slot[kvslots.SlotKind.SELF_KEY],
+                                slot[kvslots.SlotKind.SELF_VALUE], slot[kvslots.SlotKind.CROSS_KEY],
+                                slot[kvslots.SlotKind.CROSS_VALUE])
+        present += [k, v]
+    x = x if all_positions else x[-1:]
+    x = layer_norm(x, w["decoder.ln.weight"], w["decoder.ln.bias"])
+    logits = x @ w["decoder.token_embedding.weight"].T  # tied output projection
+    return (logits if all_positions else logits[0]), present
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend
+
+
+class NumpyModel:
+    """The pure-numpy backend. Slow on purpose only where speed would hide the math."""
+
+    name = "numpy"
+
+    def __init__(self, checkpoint: Checkpoint | tuple[ModelDims, Weights]) -> None:
+        if isinstance(checkpoint, Checkpoint):
+            self.dims, self.weights = checkpoint.dims, checkpoint.weights
+        else:
+            self.dims, self.weights = checkpoint
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        # [1, n_mels, 2 * n_audio_ctx] -> [1, n_audio_ctx, n_audio_state]
+        want = (1, self.dims.n_mels, self.dims.n_mel_frames)
+        if mel.shape != want:
+            raise ValueError(f"encode expects a mel of shape {want}, got {mel.shape}")
+        return encode(mel[0].astype(np.float32), self.weights, self.dims)[None]
+
+    def zero_kv(self) -> list[np.ndarray]:
+        n = kvslots.n_slots(self.dims.n_text_layer)
+        return [np.zeros(kvslots.slot_shape(self.dims, i, 0), np.float32) for i in range(n)]
+
+    def prefill(
+        self, tokens: Sequence[int], audio_features: np.ndarray, kv: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        # The cross slots of `kv` are placeholders: cross K/V are computed here from the audio.
+        kv = list(kv)
+        for i in range(self.dims.n_text_layer):
+            k, v = cross_kv(audio_features[0], self.weights, i, self.dims.n_text_head)
+            kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_KEY)] = k
+            kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_VALUE)] = v
+        logits, present = decode(tokens, kv, self.weights, self.dims, all_positions=True)
+        return logits, kvslots.remap_present(kv, present)
+
+    def step(self, token: int, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        return decode([token], kv, self.weights, self.dims)
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
