@@ -5,9 +5,10 @@ Hann window, centred frames with reflect padding, the last frame dropped), and `
 `transcribe()`: one log-mel over the whole audio plus 30 s of zeros, cut into 3000-frame windows whose
 tails are padded with 0.0 in the log-mel domain. See ARCHITECTURE.md, "Windows and the log-mel".
 
-openai-whisper decodes and resamples with the ffmpeg command line; here libsndfile decodes and a
-numpy polyphase windowed-sinc filter resamples, so 16 kHz input is bit-exact with openai-whisper
-and other rates agree up to the two resamplers' filter differences.
+openai-whisper decodes and resamples with the ffmpeg command line (to s16 at 16 kHz); here libsndfile
+decodes and a numpy polyphase windowed-sinc filter resamples. A 16-bit mono 16 kHz file gives the same
+samples as openai-whisper's pipeline; other rates agree up to the two resamplers' filters (measured in
+tests/test_audio.py against FFmpeg's libswresample: flat below 4 kHz, different only near 8 kHz).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
             f"{n_nan} NaN and {n_inf} inf sample(s) of {data.size}; first at frame {frame} "
             f"({frame / file_sr:.3f} s), channel {channel}",
         )
-    # Float files may exceed ±1; that is kept, as ffmpeg's float pipeline in openai-whisper keeps it.
+    # Float files may exceed ±1 and are kept so (openai-whisper's s16 pipe would clip them): the log-mel is
+    # level-normalised by its own maximum, so clipping would only add distortion.
     mono = data.mean(axis=1, dtype=np.float32)
     return resample(mono, file_sr, sr)
 
@@ -177,7 +179,7 @@ def resample(audio: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     n_taps = rows.shape[1]
     q_last = q[(n_out - 1) % up] + down * ((n_out - 1) // up)  # the last output's newest input
     xp = np.pad(x, (n_taps - 1, max(0, q_last + 1 - len(x))))
-    windows = np.lib.stride_tricks.sliding_window_view(xp, n_taps)  # [.., n_taps]; row q is x[q-n_taps+1 .. q]
+    windows = np.lib.stride_tricks.sliding_window_view(xp, n_taps)  # row q holds x[q - n_taps + 1 .. q]
     y = np.empty(n_out, np.float32)
     # A Python loop over the polyphase rows (at most `up`, e.g. 160 for 44.1 kHz), never over samples.
     for r in range(len(rows)):
@@ -206,7 +208,8 @@ def _hz_to_mel(f: np.ndarray) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, min_log_hz) / min_log_hz) / logstep, f / f_sp)
+    log_part = min_log_mel + np.log(np.maximum(f, min_log_hz) / min_log_hz) / logstep
+    return np.where(f >= min_log_hz, log_part, f / f_sp)
 
 
 def _mel_to_hz(m: np.ndarray) -> np.ndarray:
@@ -256,8 +259,8 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
 
     The FFT runs in float32 (numpy >= 2 keeps float32 through pocketfft): openai-whisper runs
     torch.stft on float32 input, i.e. a single-precision FFT as well, so float64 here would not be
-    closer to it; the two single-precision FFTs differ only by rounding, and the measured effect on the
-    log-mel is ~1e-6 (tests/test_audio.py). The rest stays float32, as in whisper.
+    closer to it; single-precision FFTs differ from exact ones only by rounding: up to 7e-6 on the
+    log-mel of the fixture clips (tests/test_audio.py). The rest stays float32, as in whisper.
     # [n_samples] -> [n_mels, (n_samples + padding) // 160] float32
     """
     x = np.asarray(audio, dtype=np.float32)
@@ -268,7 +271,7 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     if padding:
         x = np.pad(x, (0, padding))
     if len(x) <= N_FFT // 2:
-        raise ValueError(f"need more than {N_FFT // 2} samples (audio + padding) for reflect padding, got {len(x)}")
+        raise ValueError(f"reflect padding needs more than {N_FFT // 2} samples (audio + padding): {len(x)}")
     x = np.pad(x, N_FFT // 2, mode="reflect")  # [n + n_fft], centred frames as torch.stft(center=True)
     frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH]  # [n // hop + 1, n_fft]
     frames = frames[:-1]  # whisper drops the last frame (stft[..., :-1]); dropping it first saves an FFT
@@ -286,7 +289,9 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     return ((log_spec + np.float32(4.0)) / np.float32(4.0)).astype(np.float32)
 
 
-def mel_windows(audio: np.ndarray, n_mels: int = 80, n_frames: int = N_FRAMES) -> list[tuple[int, np.ndarray]]:
+def mel_windows(
+    audio: np.ndarray, n_mels: int = 80, n_frames: int = N_FRAMES
+) -> list[tuple[int, np.ndarray]]:
     """The encoder inputs of openai-whisper's transcribe(): (seek in frames, window) pairs.
 
     One log-mel over audio + 30 s of zeros (so the max - 8 floor uses the global maximum), then windows

