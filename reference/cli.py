@@ -38,6 +38,79 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _windows(path: str, n_mels: int, n_frames: int) -> list:
+    from .audio import mel_windows
+
+    return [mel for _, mel in mel_windows(load_audio(path), n_mels, n_frames)]
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from .trace import format_trace
+    from .transcribe import load_model
+
+    load_audio(args.audio)  # fail on bad audio before loading a model
+    model = load_model(args.model, backend=args.backend)
+    windows = _windows(args.audio, model.dims.n_mels, model.dims.n_mel_frames)
+    for index, mel in enumerate(windows):
+        result = model.decode(mel, trace=True)
+        print(f"# window {index} ({index * 30} s), backend {model.backend.name}")
+        for line in format_trace(result.events, model.tokenizer, model.dims.n_text_layer, result.finished):
+            print(line)
+        print(f"# text: {result.text}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .model import NumpyModel
+    from .registry import resolve_candidate
+    from .tokenizer import Tokenizer
+    from .verify import Tolerance, verify
+    from .weights import load_checkpoint
+
+    load_audio(args.audio)
+    checkpoint = load_checkpoint(args.model)
+    tokenizer = Tokenizer(checkpoint.tokenizer_path, multilingual=checkpoint.dims.is_multilingual)
+    try:
+        candidate = resolve_candidate(args.candidate, checkpoint, tokenizer)
+    except ValueError as e:
+        print(f"whisperkv: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    windows = _windows(args.audio, checkpoint.dims.n_mels, checkpoint.dims.n_mel_frames)
+    report = verify(NumpyModel(checkpoint), candidate, tokenizer, checkpoint, windows, audio=args.audio,
+                    tolerance=Tolerance(relative=args.tolerance))
+    if args.format == "json":
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        print("\n".join(describe(report, tokenizer)))
+    return 0 if report.agree else 1
+
+
+def describe(report, tokenizer) -> list[str]:
+    """The text form of a verification report."""
+    lines = [f"verify {report.audio}: candidate {report.candidate} vs reference numpy, {report.windows} window(s)"]
+    if report.agree:
+        lines.append(f"AGREE: {report.steps} steps compared, {report.ties} tie(s)")
+        return lines
+    s, d = report.first_divergence, report.diagnosis
+    lines.append(f"DIVERGE at window {s.window}, {s.stage} step {s.step}: {s.reason}")
+    if s.stage != "encode":
+        lines.append(f"  input      {' '.join(tokenizer.token_text(t) for t in s.input_tokens)}")
+        lines.append(f"  reference  chose {tokenizer.token_text(s.ref_token)!r}; top-5 "
+                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.ref_top))
+        lines.append(f"  candidate  chose {tokenizer.token_text(s.cand_token)!r}; top-5 "
+                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.cand_top))
+        lines.append(f"  logits     max |Δ| {s.max_abs:.3g} (reference scale {s.scale:.3g})")
+        for i, delta in enumerate(s.slot_max_abs):
+            if delta is None and s.ref_slot_shapes[i] == s.cand_slot_shapes[i]:
+                continue  # not compared at this stage
+            shown = (f"max |Δ| {delta:.3g}" if delta is not None
+                     else f"shape {s.cand_slot_shapes[i]} != reference {s.ref_slot_shapes[i]}")
+            lines.append(f"  slot {i:>2}    {shown}")
+    lines.append(f"DIAGNOSIS: {d.cause}: {d.explanation}")
+    lines.append(f"  evidence: {d.evidence}")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .registry import available_backends
 
@@ -51,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--language", default=None, help="language code (multilingual checkpoints)")
     t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     t.set_defaults(run=_transcribe)
+
+    tr = sub.add_parser("trace", help="print the state machine's transitions and the KV slots, step by step")
+    tr.add_argument("audio")
+    tr.add_argument("--backend", default="numpy", choices=available_backends())
+    tr.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    tr.set_defaults(run=_trace)
+
+    v = sub.add_parser("verify", help="run a candidate beside the reference and report the first divergence")
+    v.add_argument("audio")
+    v.add_argument("--candidate", required=True,
+                   help="backend name, mutant:NAME, python:MODULE:FACTORY, or a folder (ONNX export, libraries)")
+    v.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    v.add_argument("--format", default="text", choices=["text", "json"])
+    v.add_argument("--tolerance", type=float, default=1e-3,
+                   help="relative tolerance on features, logits and slots (default 1e-3: fp32 backends)")
+    v.set_defaults(run=_verify)
     return parser
 
 

@@ -164,6 +164,7 @@ def decoder_block(
 
 def decode(
     tokens: Sequence[int], kv: list[np.ndarray], w: Weights, dims: ModelDims, all_positions: bool = False,
+    final_ln: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     # tokens [n], kv: 4 * n_text_layer slots with self length `past`
     #   -> logits [n_vocab] (last position) or [n, n_vocab], present self slots (2 per layer, layer-major)
@@ -180,7 +181,8 @@ def decode(
                                 slot[kvslots.SlotKind.CROSS_VALUE])
         present += [k, v]
     x = x if all_positions else x[-1:]
-    x = layer_norm(x, w["decoder.ln.weight"], w["decoder.ln.bias"])
+    if final_ln:  # always, but for the mutant that shows what forgetting it looks like
+        x = layer_norm(x, w["decoder.ln.weight"], w["decoder.ln.bias"])
     logits = x @ w["decoder.token_embedding.weight"].T  # tied output projection
     return (logits if all_positions else logits[0]), present
 
@@ -193,6 +195,7 @@ class NumpyModel:
     """The pure-numpy backend. Slow on purpose only where speed would hide the math."""
 
     name = "numpy"
+    final_ln = True
 
     def __init__(self, checkpoint: Checkpoint | tuple[ModelDims, Weights]) -> None:
         if isinstance(checkpoint, Checkpoint):
@@ -220,11 +223,11 @@ class NumpyModel:
             k, v = cross_kv(audio_features[0], self.weights, i, self.dims.n_text_head)
             kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_KEY)] = k
             kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_VALUE)] = v
-        logits, present = decode(tokens, kv, self.weights, self.dims, all_positions=True)
+        logits, present = decode(tokens, kv, self.weights, self.dims, all_positions=True, final_ln=self.final_ln)
         return logits, kvslots.remap_present(kv, present)
 
     def step(self, token: int, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        return decode([token], kv, self.weights, self.dims)
+        return decode([token], kv, self.weights, self.dims, final_ln=self.final_ln)
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x)

@@ -1,0 +1,170 @@
+"""Compile the Relax module (model.py) for this CPU and cache the shared library.
+
+- Target: the host CPU as LLVM names it (`llvm_get_system_cpu()`; "-mcpu=native" is rejected by
+  TVM 0.27) and the number of CPUs this process may use.
+- Cache: `$WHISPERKV_CACHE_DIR` or `$XDG_CACHE_HOME/whisperkv` (default `~/.cache/whisperkv`). The file
+  name hashes everything the code depends on: dims, weight dtype, target, TVM version and the source
+  of the model definition and kernels, so editing a kernel never loads a stale library.
+- Atomic: the library is exported to a temporary file in the cache folder and `os.replace`d into place,
+  so two processes compiling at once, or one killed mid-write, never leave a broken library behind.
+- Each library carries its own ModelConfig (a `whisperkv_config` function returning JSON); a library
+  whose recorded dims differ from the model's is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tvm  # noqa: E402,I001
+from tvm import relax  # noqa: E402
+
+from reference.dims import ModelDims
+
+from . import threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
+from .model import ModelConfig, build_module
+
+LIBRARY_FORMAT = 1  # bump when the calling convention between backend.py and the library changes
+
+
+class LibraryMismatchError(RuntimeError):
+    """A compiled library that was built for other dims / dtype than the model being loaded."""
+
+
+def host_target(num_cores: int | None = None) -> tvm.target.Target:
+    cores = num_cores or threads.n_threads()
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": cores})
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("WHISPERKV_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "whisperkv"
+
+
+def _source_hash() -> str:
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("kernels.py", "model.py", "compile.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def config_record(cfg: ModelConfig) -> dict:
+    return {"format": LIBRARY_FORMAT, "dims": cfg.dims.as_dict(), "decoder_weight_dtype": cfg.decoder_weight_dtype}
+
+
+def library_path(cfg: ModelConfig, target: tvm.target.Target | None = None, directory: Path | None = None) -> Path:
+    """Where the library for `cfg` lives in the cache (`directory` overrides the cache folder)."""
+    target = target or host_target()
+    key = json.dumps([config_record(cfg), str(target), tvm.__version__, _source_hash()], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return (directory or cache_dir()) / f"whisper-{cfg.key()}-{digest}.so"
+
+
+def _pipeline() -> tvm.transform.Pass:
+    # The default CPU pipeline minus FuseOps/FuseTIR: every heavy kernel is already a scheduled PrimFunc,
+    # and fusing them would discard the schedules. LegalizeOps only has the reshapes left, which
+    # RewriteDataflowReshape then turns into zero-copy views.
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return tvm.transform.Sequential(
+        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()]
+        + cpu.dataflow_lower_passes(None)
+        + cpu.finalize_passes(None)
+    )
+
+
+_DTYPE_CODES = {"float32": 0, "float16": 1}
+_DIM_NAMES = list(ModelDims.__dataclass_fields__)
+
+
+def _add_config_function(cfg: ModelConfig, mod: tvm.IRModule) -> tvm.IRModule:
+    # The record travels inside the library as a Relax function returning a shape of ints:
+    # (format, the ten dims in ModelDims order, decoder weight dtype code).
+    rec = config_record(cfg)
+    values = [rec["format"], *(rec["dims"][k] for k in _DIM_NAMES), _DTYPE_CODES[rec["decoder_weight_dtype"]]]
+    bb = relax.BlockBuilder(mod)
+    with bb.function("whisperkv_config", []):
+        bb.emit_func_output(relax.ShapeExpr(values))
+    return bb.get()
+
+
+def compile_library(cfg: ModelConfig, path: Path, target: tvm.target.Target | None = None, quiet: bool = False) -> Path:
+    """Build and export atomically to `path`."""
+    target = target or host_target()
+    t0 = time.perf_counter()
+    if not quiet:
+        print(f"whisperkv: compiling the TVM backend for {cfg.key()} ({target.attrs.get('mcpu')}), "
+              "once per model shape ...", file=sys.stderr, flush=True)
+    mod = _add_config_function(cfg, build_module(cfg))
+    with target:
+        mod = _pipeline()(mod)
+    ex = tvm.compile(mod, target, relax_pipeline=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.so", dir=path.parent)
+    os.close(fd)
+    try:
+        ex.export_library(tmp)
+        os.replace(tmp, path)  # atomic on POSIX within one folder
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if not quiet:
+        print(f"whisperkv: compiled in {time.perf_counter() - t0:.1f} s -> {path}", file=sys.stderr, flush=True)
+    return path
+
+
+def read_config(vm: relax.VirtualMachine) -> dict:
+    values = [int(v) for v in vm["whisperkv_config"]()]
+    codes = {v: k for k, v in _DTYPE_CODES.items()}
+    return {"format": values[0], "dims": dict(zip(_DIM_NAMES, values[1:11], strict=True)),
+            "decoder_weight_dtype": codes.get(values[11], "?")}
+
+
+def check_library(vm: relax.VirtualMachine, cfg: ModelConfig, path: Path | str) -> None:
+    """Refuse a library built for another model: running it would read weights with the wrong shapes."""
+    try:
+        got = read_config(vm)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not one of ours"
+        raise LibraryMismatchError(f"{path}: not a whisperkv TVM library (no config record: {e})") from e
+    want = config_record(cfg)
+    if got != want:
+        diffs = []
+        if got.get("dims") != want["dims"]:
+            gd, wd = ModelDims(**got["dims"]) if "dims" in got else None, cfg.dims
+            diffs.append(f"dims {gd.key() if gd else '?'} != model {wd.key()}")
+        for k in ("format", "decoder_weight_dtype"):
+            if got.get(k) != want[k]:
+                diffs.append(f"{k} {got.get(k)!r} != {want[k]!r}")
+        raise LibraryMismatchError(f"{path}: library was compiled for another model: {'; '.join(diffs)}")
+
+
+def load_library(cfg: ModelConfig, path: Path | str | None = None, compile_if_missing: bool = True,
+                 quiet: bool = False) -> tuple[relax.VirtualMachine, Path]:
+    """The VM for `cfg`, from the cache (compiling it on a miss) or from an explicit path."""
+    path = Path(path) if path is not None else library_path(cfg)
+    if not path.exists():
+        if not compile_if_missing:
+            raise FileNotFoundError(f"{path}: no compiled library (run `whisperkv compile`)")
+        compile_library(cfg, path, quiet=quiet)
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    vm = _LOADED.get(key)
+    if vm is None:
+        lib = tvm.runtime.load_module(str(path))
+        vm = relax.VirtualMachine(lib, tvm.cpu())
+    check_library(vm, cfg, path)  # also for a cached VM: the same file may be asked for by another config
+    _LOADED[key] = vm
+    return vm, path
+
+
+# Loaded libraries by (path, mtime): every backend of the same model shape shares one VM (the weights
+# are call arguments, not part of the VM), so creating a backend per checkpoint is cheap.
+_LOADED: dict[tuple[str, int], relax.VirtualMachine] = {}

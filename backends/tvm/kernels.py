@@ -1,0 +1,314 @@
+"""The CPU kernels of the TVM backend: TE compute definitions, each with a hand-written TIR schedule.
+
+TVM's unscheduled kernels run at ~1.7 GFLOP/s and meta_schedule crashes in this wheel, so every kernel
+here is built as (TE definition -> `tvm.s_tir.Schedule` -> PrimFunc) and the Relax graph (model.py)
+calls the finished PrimFuncs with `call_tir`. The default Relax pipeline's FuseOps/FuseTIR never see
+them (compile.py runs a pipeline without fusion), so the schedules survive as written.
+
+Conventions:
+- Linear weights are *packed* once, at load time, as (N / nb, K, nb): for a block of nb output
+  columns the K rows are contiguous, so the inner loop is one broadcast of A and nb / 16 AVX-512 loads
+  of W per k. `pack_linear` (model.py) makes that layout from PyTorch's (N, K).
+- A gemm computes an accumulator tile of mb x nb in registers and applies its epilogue (bias, GELU,
+  residual, masking) while writing the tile back: no extra pass over memory.
+- exp and erf are polynomial approximations (a few float32 ulp) written as TE expressions: LLVM
+  vectorizes them, whereas `te.exp` / `te.erf` become one libm call per element (~20x slower here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from tvm import s_tir, te, tirx
+
+F32 = "float32"
+LN_EPS = 1e-5  # PyTorch's LayerNorm default, as in reference/model.py
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorizable math
+
+
+def _f(v: float) -> tirx.Expr:
+    return tirx.const(v, F32)
+
+
+def fast_exp(x: tirx.Expr) -> tirx.Expr:
+    """exp(x) for float32: Cephes' expf (range reduction by ln 2, degree-6 polynomial), ~1 ulp.
+
+    Inputs below -87 return exactly 0, so masked (-inf) scores give zero probabilities.
+    """
+    lo = _f(-87.0)
+    xc = tirx.max(tirx.min(x, _f(88.3762626647950)), lo)
+    n = tirx.floor(xc * _f(1.44269504088896341) + _f(0.5))
+    r = xc - n * _f(0.693359375) + n * _f(2.12194440e-4)  # ln 2 split in two for accuracy (Cephes C1, C2)
+    p = _f(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + _f(c)
+    y = p * r * r + r + _f(1.0)
+    two_n = tirx.reinterpret(F32, tirx.shift_left(n.astype("int32") + 127, 23))
+    return tirx.Select(x < lo, _f(0.0), y * two_n)
+
+
+def fast_erf(x: tirx.Expr) -> tirx.Expr:
+    """erf(x) for float32: Eigen's rational approximation on [-4, 4] (erf is +-1 to float32 beyond)."""
+    xc = tirx.max(tirx.min(x, _f(4.0)), _f(-4.0))
+    x2 = xc * xc
+    p = _f(-2.72614225801306e-10)
+    for c in (2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04,
+              -2.95459980854025e-03, -1.60960333262415e-02):
+        p = p * x2 + _f(c)
+    q = _f(-1.45660718464996e-05)
+    for c in (-2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+        q = q * x2 + _f(c)
+    return xc * p / q
+
+
+def gelu(x: tirx.Expr) -> tirx.Expr:
+    # The exact-erf GELU Whisper was trained with (not the tanh approximation).
+    return _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(1.0 / math.sqrt(2.0))))
+
+
+def nb_for(n: int) -> int:
+    """Output-column block of a packed weight: 32 (two AVX-512 vectors) when it divides n."""
+    for nb in (32, 16, 8, 4, 2):
+        if n % nb == 0:
+            return nb
+    return 1
+
+
+def _ceil_to(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+# ----------------------------------------------------------------------------------------------
+# Scheduling helpers
+
+
+def _finish(sch: s_tir.Schedule, name: str) -> tirx.PrimFunc:
+    return sch.mod["main"].with_attr("global_symbol", name)
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block: str, width: int | None = None) -> None:
+    loops = sch.get_loops(sch.get_sblock(block))
+    if width is not None:
+        _, inner = sch.split(loops[-1], [None, width])
+        sch.vectorize(inner)
+    else:
+        sch.vectorize(loops[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM: out[b, m, n] = epilogue(b, m, n, sum_k A(b, m, k) * W(b, n, k))
+
+AFn = Callable[..., tirx.Expr]
+
+
+def gemm(
+    name: str,
+    inputs: Sequence[te.Tensor],
+    batch: int,
+    m: int | tirx.Var,
+    n: int,
+    k: int,
+    a_fn: AFn,  # (b, m, k) -> A value
+    w_fn: AFn,  # (b, n, k) -> W value (reads a packed weight; may widen fp16)
+    epilogue: AFn,  # (b, m, n, acc) -> output value
+    nb: int,
+    mb: int = 6,
+    batched_output: bool | None = None,
+) -> tirx.PrimFunc:
+    """A register-blocked gemm with a fused epilogue.
+
+    Static m (encoder, cross K/V): mb x nb tiles, parallel over (batch, m tiles, n tiles); m is padded
+    to a multiple of mb by clamping the A row (the extra rows are computed and dropped), because a
+    predicated tail inside the k loop costs ~20x. Symbolic m (decoder: a few tokens): parallel over
+    n blocks, one row at a time: a streaming gemv that reads each weight once per row.
+    The output is (batch, m, n), or (m, n) when batch == 1 unless batched_output.
+    """
+    if n % nb:
+        raise ValueError(f"{name}: n={n} is not a multiple of the column block {nb}")
+    rk = te.reduce_axis((0, k), name="k")
+    static_m = isinstance(m, int)
+    m_pad = _ceil_to(m, mb) if static_m else m
+
+    def row(mi: tirx.Expr) -> tirx.Expr:
+        return tirx.min(mi, m - 1) if static_m and m_pad != m else mi
+
+    acc = te.compute(
+        (batch, m_pad, n),
+        lambda b, mi, ni: te.sum(a_fn(b, row(mi), rk).astype(F32) * w_fn(b, ni, rk).astype(F32), axis=rk),
+        name="acc",
+    )
+    if not (batched_output if batched_output is not None else batch > 1):
+        out = te.compute((m, n), lambda mi, ni: epilogue(0, mi, ni, acc[0, mi, ni]), name="out")
+    else:
+        out = te.compute((batch, m, n), lambda b, mi, ni: epilogue(b, mi, ni, acc[b, mi, ni]), name="out")
+    func = te.create_prim_func([*inputs, out])
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("acc")
+    lb, lm, ln, lk = sch.get_loops(blk)
+    if static_m:
+        mo, mi = sch.split(lm, [None, mb])
+        no, ni = sch.split(ln, [None, nb])
+        sch.reorder(lb, no, mo, lk, mi, ni)
+        outer = sch.fuse(lb, no, mo)
+        sch.parallel(outer)
+        sch.unroll(mi)
+        sch.vectorize(ni)
+        sch.reverse_compute_at(sch.get_sblock("out"), outer)
+    else:
+        no, ni = sch.split(ln, [None, nb])
+        sch.reorder(lb, no, lm, lk, ni)
+        outer = sch.fuse(lb, no)
+        sch.parallel(outer)
+        sch.vectorize(ni)
+        sch.reverse_compute_at(sch.get_sblock("out"), lm)
+    _vectorize_inner(sch, "out")
+    sch.decompose_reduction(blk, lk)
+    _vectorize_inner(sch, "acc_init")
+    sch.set_scope(blk, 0, "local")  # the tile lives in registers
+    return _finish(sch, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Row-wise kernels
+
+
+LANES = 16  # float32 lanes of an AVX-512 vector
+
+
+def _row_reduce(name: str, rows, length: int, value: AFn, combine: str) -> tuple[te.Tensor, te.Tensor]:
+    """Reduce value(i, j) over j in two stages: LANES partial results (vectorizable: the partials are
+    the lanes of one register), then the LANES partials. A plain reduction loop stays scalar (LLVM may
+    not reorder float additions), which made the encoder softmax alone cost 55 ms a layer."""
+    lanes = LANES if length % LANES == 0 else 1
+    red = te.sum if combine == "sum" else te.max
+    rc = te.reduce_axis((0, length // lanes), name=name + "_c")
+    part = te.compute((rows, lanes), lambda i, la: red(value(i, rc * lanes + la), axis=rc), name=name + "_part")
+    rl = te.reduce_axis((0, lanes), name=name + "_l")
+    total = te.compute((rows,), lambda i: red(part[i, rl], axis=rl), name=name)
+    return part, total
+
+
+def _schedule_row_reduce(sch: s_tir.Schedule, name: str, row_loop) -> None:
+    sch.compute_at(sch.get_sblock(name), row_loop)
+    part = sch.get_sblock(name + "_part")
+    sch.compute_at(part, row_loop)
+    loops = sch.get_loops(part)
+    if len(loops) >= 3:  # (row, lane, chunk): chunks outer, lanes inner and vectorized
+        sch.reorder(loops[-1], loops[-2])
+        sch.vectorize(sch.get_loops(part)[-1])
+
+
+def layer_norm(name: str, m: int | tirx.Var, c: int) -> tirx.PrimFunc:
+    """(m, c) -> (m, c); two passes (mean, then variance of the centred rows), like the reference."""
+    x = te.placeholder((m, c), F32, name="x")
+    g = te.placeholder((c,), F32, name="g")
+    b = te.placeholder((c,), F32, name="b")
+    inv_c = _f(1.0 / c)
+    _, total = _row_reduce("mean", m, c, lambda i, j: x[i, j], "sum")
+
+    def centred(i: tirx.Expr, j: tirx.Expr) -> tirx.Expr:
+        return x[i, j] - total[i] * inv_c
+
+    _, sq = _row_reduce("var", m, c, lambda i, j: centred(i, j) * centred(i, j), "sum")
+    out = te.compute(
+        (m, c), lambda i, j: centred(i, j) / te.sqrt(sq[i] * inv_c + _f(LN_EPS)) * g[j] + b[j], name="out")
+    sch = s_tir.Schedule(te.create_prim_func([x, g, b, out]))
+    i, j = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(i)
+    if c % LANES == 0:  # vectors of LANES: a 384-wide "vector" is legal TIR but LLVM spills it
+        sch.vectorize(sch.split(j, [None, LANES])[1])
+    _schedule_row_reduce(sch, "var", i)
+    _schedule_row_reduce(sch, "mean", i)
+    return _finish(sch, name)
+
+
+def softmax_rows(name: str, rows: int, length: int) -> tirx.PrimFunc:
+    """(rows, length) -> (rows, length), rows already masked with -inf where they must be 0."""
+    s = te.placeholder((rows, length), F32, name="s")
+    _, mx = _row_reduce("mx", rows, length, lambda i, j: s[i, j], "max")
+    e = te.compute((rows, length), lambda i, j: fast_exp(s[i, j] - mx[i]), name="e")
+    _, tot = _row_reduce("tot", rows, length, lambda i, j: e[i, j], "sum")
+    out = te.compute((rows, length), lambda i, j: e[i, j] / tot[i], name="out")
+    sch = s_tir.Schedule(te.create_prim_func([s, out]))
+    i, j = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(i)
+    if length % LANES == 0:
+        sch.vectorize(sch.split(j, [None, LANES])[1])
+    _schedule_row_reduce(sch, "tot", i)
+    sch.compute_at(sch.get_sblock("e"), i)
+    _schedule_row_reduce(sch, "mx", i)
+    if length % LANES == 0:
+        _vectorize_inner(sch, "e", LANES)
+    return _finish(sch, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoder attention: a few queries against a K/V cache (self: causal over the past + new tokens;
+# cross: all n_audio_ctx positions). Fused: scores, softmax and P @ V per (head, query) row.
+
+
+def decoder_attention(
+    name: str, n_head: int, head_dim: int, n_q: tirx.Var, kv_len: int | tirx.Var, q_width: int, q_offset: int,
+    causal: bool,
+) -> tirx.PrimFunc:
+    """q (n_q, q_width) with head h at columns q_offset + h*head_dim; K, V (1, n_head, kv_len, head_dim)
+    -> (n_q, n_head * head_dim). Causal: query i sits at position kv_len - n_q + i."""
+    c = n_head * head_dim
+    scale = _f(1.0 / math.sqrt(head_dim))  # = (d^-1/4)^2, the reference's split scaling
+    q = te.placeholder((n_q, q_width), F32, name="q")
+    kc = te.placeholder((1, n_head, kv_len, head_dim), F32, name="k")
+    vc = te.placeholder((1, n_head, kv_len, head_dim), F32, name="v")
+    lanes = 16 if head_dim % 16 == 0 else nb_for(head_dim)
+    rdc = te.reduce_axis((0, head_dim // lanes), name="dc")
+    # Partial dot products, `lanes` wide, so the reduction over head_dim vectorizes.
+    part = te.compute(
+        (n_head, n_q, kv_len, lanes),
+        lambda h, i, j, la: te.sum(
+            q[i, q_offset + h * head_dim + rdc * lanes + la] * kc[0, h, j, rdc * lanes + la], axis=rdc),
+        name="part",
+    )
+    rl = te.reduce_axis((0, lanes), name="la")
+    past = kv_len - n_q
+
+    sraw = te.compute((n_head, n_q, kv_len), lambda h, i, j: te.sum(part[h, i, j, rl], axis=rl), name="sraw")
+
+    def masked(h, i, j):
+        v = sraw[h, i, j] * scale
+        return tirx.Select(j > past + i, _f(-math.inf), v) if causal else v
+
+    s = te.compute((n_head, n_q, kv_len), masked, name="s")
+    rj = te.reduce_axis((0, kv_len), name="j")
+    mx = te.compute((n_head, n_q), lambda h, i: te.max(s[h, i, rj], axis=rj), name="mx")
+    e = te.compute((n_head, n_q, kv_len), lambda h, i, j: fast_exp(s[h, i, j] - mx[h, i]), name="e")
+    rj2 = te.reduce_axis((0, kv_len), name="j2")
+    tot = te.compute((n_head, n_q), lambda h, i: te.sum(e[h, i, rj2], axis=rj2), name="tot")
+    prob = te.compute((n_head, n_q, kv_len), lambda h, i, j: e[h, i, j] / tot[h, i], name="prob")
+    rj3 = te.reduce_axis((0, kv_len), name="j3")
+    out = te.compute(
+        (n_q, c),
+        lambda i, ch: te.sum(prob[ch // head_dim, i, rj3] * vc[0, ch // head_dim, rj3, ch % head_dim], axis=rj3),
+        name="out",
+    )
+    sch = s_tir.Schedule(te.create_prim_func([q, kc, vc, out]))
+    ob = sch.get_sblock("out")
+    li, lc, lj = sch.get_loops(ob)
+    lh, ld = sch.split(lc, [n_head, head_dim])
+    sch.reorder(lh, li, lj, ld)
+    # Parallel over heads only: fusing in the symbolic query count would make the loop non-affine.
+    sch.parallel(lh)
+    row = li
+    if head_dim % 16 == 0:
+        sch.vectorize(sch.split(ld, [None, 16])[1])
+    for blk in ("prob", "tot", "e", "mx", "s", "sraw", "part"):
+        sch.compute_at(sch.get_sblock(blk), row)
+    if head_dim // lanes > 1:  # (a unit loop over chunks is dropped by compute_at)
+        l_lane, l_dc = sch.get_loops(sch.get_sblock("part"))[-2:]
+        sch.reorder(l_dc, l_lane)  # lanes innermost: one vector FMA per chunk of head_dim
+    if lanes >= 4:
+        sch.vectorize(sch.get_loops(sch.get_sblock("part"))[-1])
+    sch.decompose_reduction(ob, lj)
+    return _finish(sch, name)

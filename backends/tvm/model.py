@@ -1,0 +1,516 @@
+"""Whisper as a Relax module: `encode`, `cross_kv` and `decode`, built from the kernels in kernels.py.
+
+Three functions, all taking their weights as parameters (so one compiled library serves every
+checkpoint of the same dims, and the `.so` stays small):
+
+    encode(mel [1, n_mels, 2T], *encoder params)            -> audio features [1, T, C]
+    cross_kv(audio [1, T, C], *cross params)                 -> 2L cross slots [1, H, T, D] (K, V per layer)
+    decode(tokens [n], 2L self slots [1, H, p, D], 2L cross slots, *decoder params)
+        -> (logits [n, V_pad], 2L present self slots [1, H, p + n, D])
+
+with T = n_audio_ctx, C = n_*_state, H heads of D = C / H, L = n_text_layer, and symbolic n (tokens this
+call) and p (past self length): prefill is `cross_kv` + `decode` with p = 0, a step is `decode` with
+n = 1. Self/cross slots follow reference/kv.py: K stored unscaled, the d^-1/2 scale is applied inside
+the attention (the reference splits it as d^-1/4 on q and on k: equal up to float rounding).
+
+Weights are not in PyTorch layout: `pack_params` turns the canonical checkpoint (reference/weights.py)
+into the parameter lists below; `param_specs` is the matching contract the library is compiled for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from reference.dims import ModelDims
+
+from . import kernels as K
+
+F32 = "float32"
+Arr = np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the compiled code depends on: the dims and the storage dtype of the decoder weights."""
+
+    dims: ModelDims
+    # "float16": decoder linear weights and the tied embedding are stored in fp16 and widened to fp32
+    # inside the kernels (exact for a checkpoint that was fp16 on disk; halves the step's memory reads).
+    decoder_weight_dtype: str = F32
+
+    def __post_init__(self) -> None:
+        if self.decoder_weight_dtype not in ("float32", "float16"):
+            raise ValueError(f"decoder_weight_dtype must be float32 or float16, got {self.decoder_weight_dtype!r}")
+
+    @property
+    def vocab_block(self) -> int:
+        return 32  # the vocabulary is padded to a multiple of this (zero rows give logits that are sliced off)
+
+    @property
+    def vocab_padded(self) -> int:
+        return -(-self.dims.n_vocab // self.vocab_block) * self.vocab_block
+
+    def key(self) -> str:
+        return f"{self.dims.key()}-w{self.decoder_weight_dtype}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter contract (shapes and dtypes, in call order) and packing from the canonical checkpoint
+
+
+def pack_linear(w: Arr, dtype: str = F32) -> Arr:
+    """PyTorch (N, K) -> packed (N / nb, K, nb): each block of nb output columns is contiguous over K."""
+    n, k = w.shape
+    nb = K.nb_for(n)
+    return np.ascontiguousarray(w.reshape(n // nb, nb, k).transpose(0, 2, 1), dtype=dtype)
+
+
+def _packed_shape(n: int, k: int) -> tuple[int, int, int]:
+    nb = K.nb_for(n)
+    return (n // nb, k, nb)
+
+
+def _conv_as_linear(w: Arr) -> Arr:
+    # (C_out, C_in, 3) -> (C_out, 3 * C_in) with column tap * C_in + c: the flat, padded input read at
+    # row t * stride is then exactly the im2col row of output position t (see `encode`).
+    c_out, c_in, taps = w.shape
+    return w.transpose(0, 2, 1).reshape(c_out, taps * c_in)
+
+
+def param_specs(cfg: ModelConfig) -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
+    """function name -> [(parameter name, shape, dtype)] for the weight parameters of each function."""
+    d = cfg.dims
+    a, t = d.n_audio_state, d.n_text_state
+    wd = cfg.decoder_weight_dtype
+    enc = [
+        ("conv1.w", _packed_shape(a, 3 * d.n_mels), F32), ("conv1.b", (a,), F32),
+        ("conv2.w", _packed_shape(a, 3 * a), F32), ("conv2.b", (a,), F32),
+        ("pos", (d.n_audio_ctx, a), F32),
+    ]
+    for i in range(d.n_audio_layer):
+        p = f"blocks.{i}."
+        enc += [
+            (p + "attn_ln.g", (a,), F32), (p + "attn_ln.b", (a,), F32),
+            (p + "qkv.w", _packed_shape(3 * a, a), F32), (p + "qkv.b", (3 * a,), F32),
+            (p + "out.w", _packed_shape(a, a), F32), (p + "out.b", (a,), F32),
+            (p + "mlp_ln.g", (a,), F32), (p + "mlp_ln.b", (a,), F32),
+            (p + "fc1.w", _packed_shape(4 * a, a), F32), (p + "fc1.b", (4 * a,), F32),
+            (p + "fc2.w", _packed_shape(a, 4 * a), F32), (p + "fc2.b", (a,), F32),
+        ]
+    enc += [("ln_post.g", (a,), F32), ("ln_post.b", (a,), F32)]
+    cross = []
+    for i in range(d.n_text_layer):
+        cross += [(f"blocks.{i}.cross_kv.w", _packed_shape(2 * t, t), F32), (f"blocks.{i}.cross_kv.b", (2 * t,), F32)]
+    dec = [
+        ("embedding", (cfg.vocab_padded // cfg.vocab_block, t, cfg.vocab_block), wd),
+        ("pos", (d.n_text_ctx, t), F32),
+    ]
+    for i in range(d.n_text_layer):
+        p = f"blocks.{i}."
+        dec += [
+            (p + "attn_ln.g", (t,), F32), (p + "attn_ln.b", (t,), F32),
+            (p + "qkv.w", _packed_shape(3 * t, t), wd), (p + "qkv.b", (3 * t,), F32),
+            (p + "out.w", _packed_shape(t, t), wd), (p + "out.b", (t,), F32),
+            (p + "cross_ln.g", (t,), F32), (p + "cross_ln.b", (t,), F32),
+            (p + "cross_q.w", _packed_shape(t, t), wd), (p + "cross_q.b", (t,), F32),
+            (p + "cross_out.w", _packed_shape(t, t), wd), (p + "cross_out.b", (t,), F32),
+            (p + "mlp_ln.g", (t,), F32), (p + "mlp_ln.b", (t,), F32),
+            (p + "fc1.w", _packed_shape(4 * t, t), wd), (p + "fc1.b", (4 * t,), F32),
+            (p + "fc2.w", _packed_shape(t, 4 * t), wd), (p + "fc2.b", (t,), F32),
+        ]
+    dec += [("ln.g", (t,), F32), ("ln.b", (t,), F32)]
+    return {"encode": enc, "cross_kv": cross, "decode": dec}
+
+
+def pack_params(weights: dict[str, Arr], cfg: ModelConfig) -> dict[str, list[Arr]]:
+    """Canonical float32 weights (openai-whisper names) -> the parameter lists of `param_specs`."""
+    d = cfg.dims
+    w = weights
+    wd = cfg.decoder_weight_dtype
+
+    def qkv(p: str) -> tuple[Arr, Arr]:
+        n = w[p + ".query.weight"].shape[0]
+        mat = np.concatenate([w[p + ".query.weight"], w[p + ".key.weight"], w[p + ".value.weight"]])
+        bias = np.concatenate([w[p + ".query.bias"], np.zeros(n, np.float32), w[p + ".value.bias"]])
+        return mat, bias
+
+    enc: list[Arr] = [
+        pack_linear(_conv_as_linear(w["encoder.conv1.weight"])), w["encoder.conv1.bias"],
+        pack_linear(_conv_as_linear(w["encoder.conv2.weight"])), w["encoder.conv2.bias"],
+        w["encoder.positional_embedding"],
+    ]
+    for i in range(d.n_audio_layer):
+        p = f"encoder.blocks.{i}"
+        m, b = qkv(p + ".attn")
+        enc += [
+            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m), b,
+            pack_linear(w[p + ".attn.out.weight"]), w[p + ".attn.out.bias"],
+            w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"],
+            pack_linear(w[p + ".mlp.0.weight"]), w[p + ".mlp.0.bias"],
+            pack_linear(w[p + ".mlp.2.weight"]), w[p + ".mlp.2.bias"],
+        ]
+    enc += [w["encoder.ln_post.weight"], w["encoder.ln_post.bias"]]
+    cross: list[Arr] = []
+    for i in range(d.n_text_layer):
+        p = f"decoder.blocks.{i}.cross_attn"
+        t = w[p + ".key.weight"].shape[0]
+        cross += [
+            pack_linear(np.concatenate([w[p + ".key.weight"], w[p + ".value.weight"]])),
+            np.concatenate([np.zeros(t, np.float32), w[p + ".value.bias"]]),
+        ]
+    emb = w["decoder.token_embedding.weight"]
+    emb = np.concatenate([emb, np.zeros((cfg.vocab_padded - d.n_vocab, emb.shape[1]), np.float32)])
+    vb = cfg.vocab_block
+    dec: list[Arr] = [
+        np.ascontiguousarray(emb.reshape(-1, vb, emb.shape[1]).transpose(0, 2, 1), dtype=wd),
+        w["decoder.positional_embedding"],
+    ]
+    for i in range(d.n_text_layer):
+        p = f"decoder.blocks.{i}"
+        m, b = qkv(p + ".attn")
+        dec += [
+            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m, wd), b,
+            pack_linear(w[p + ".attn.out.weight"], wd), w[p + ".attn.out.bias"],
+            w[p + ".cross_attn_ln.weight"], w[p + ".cross_attn_ln.bias"],
+            pack_linear(w[p + ".cross_attn.query.weight"], wd), w[p + ".cross_attn.query.bias"],
+            pack_linear(w[p + ".cross_attn.out.weight"], wd), w[p + ".cross_attn.out.bias"],
+            w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"],
+            pack_linear(w[p + ".mlp.0.weight"], wd), w[p + ".mlp.0.bias"],
+            pack_linear(w[p + ".mlp.2.weight"], wd), w[p + ".mlp.2.bias"],
+        ]
+    dec += [w["decoder.ln.weight"], w["decoder.ln.bias"]]
+    out = {"encode": enc, "cross_kv": cross, "decode": dec}
+    for fn, specs in param_specs(cfg).items():  # the contract, checked here rather than in a kernel
+        assert len(specs) == len(out[fn]), fn
+        for (name, shape, dtype), arr in zip(specs, out[fn], strict=True):
+            if arr.shape != shape or arr.dtype != np.dtype(dtype):
+                raise ValueError(f"{fn}.{name}: packed {arr.shape} {arr.dtype}, expected {shape} {dtype}")
+    return {fn: [np.ascontiguousarray(a) for a in arrs] for fn, arrs in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The graph
+
+
+def _tensor(shape: list, dtype: str = F32) -> relax.TensorType:
+    return relax.TensorType(shape, dtype)
+
+
+class _Graph:
+    """A BlockBuilder plus a cache of kernels, so each distinct kernel is compiled once and shared by
+    every layer that needs it (compile time grows with distinct kernels, not with layers)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg, self.bb = cfg, relax.BlockBuilder()
+        self._kernels: dict[str, relax.GlobalVar] = {}
+
+    def kernel(self, name: str, make) -> relax.GlobalVar:  # make: () -> PrimFunc
+        if name not in self._kernels:
+            self._kernels[name] = self.bb.add_func(make(), name)
+        return self._kernels[name]
+
+    def call(self, name: str, make, args: list, out: relax.TensorType | list[relax.TensorType]) -> relax.Expr:
+        return self.bb.emit(relax.call_tir(self.kernel(name, make), args, out))
+
+    def reshape(self, x: relax.Expr, shape: list) -> relax.Expr:
+        return self.bb.emit(relax.op.reshape(x, shape))
+
+    # -- layers (M: rows, static int for the encoder, symbolic for the decoder) -------------------
+
+    def layer_norm(self, x: relax.Expr, g: relax.Expr, b: relax.Expr, m, c: int) -> relax.Expr:
+        # [M, c] -> [M, c]
+        static = isinstance(m, int)
+        name = f"layer_norm_{m if static else 'n'}x{c}"
+        return self.call(name, lambda: K.layer_norm(name, m if static else tirx.Var("m", "int64"), c),
+                         [x, g, b], _tensor([m, c]))
+
+    def linear(self, x: relax.Expr, w: relax.Expr, b: relax.Expr | None, m, k: int, n: int, act: str = "",
+               residual: relax.Expr | None = None, a_view: tuple | None = None,
+               w_dtype: str = F32) -> relax.Expr:
+        """[M, k] @ packed [n, k]^T (+ b) (-> gelu) (+ residual) -> [M, n], all in one kernel.
+
+        a_view=("flat", stride, size): x is a flat buffer of `size` and row m is x[m * stride : m * stride + k]
+        (how the convolutions read their padded input without an im2col copy).
+        a_view=("heads", head_dim): x is [H, M, head_dim] and row m is its heads concatenated.
+        """
+        static = isinstance(m, int)
+        nb = K.nb_for(n)
+        kind = f"{a_view[0]}{a_view[1]}" if a_view else "dense"
+        name = (f"linear_{kind}_{m if static else 'n'}x{k}x{n}{'_b' if b is not None else ''}{'_' + act if act else ''}"
+                f"{'_res' if residual is not None else ''}_{w_dtype}")
+
+        def make() -> tirx.PrimFunc:
+            mm = m if static else tirx.Var("m", "int64")
+            if a_view and a_view[0] == "flat":
+                stride, size = a_view[1], a_view[2]
+                xa = te.placeholder((size,), F32, name="x")
+                a_fn = lambda _b, i, j: xa[i * stride + j]  # noqa: E731
+            elif a_view and a_view[0] == "heads":
+                hd = a_view[1]
+                xa = te.placeholder((k // hd, mm, hd), F32, name="x")
+                a_fn = lambda _b, i, j: xa[j // hd, i, j % hd]  # noqa: E731
+            else:
+                xa = te.placeholder((mm, k), F32, name="x")
+                a_fn = lambda _b, i, j: xa[i, j]  # noqa: E731
+            wp = te.placeholder((n // nb, k, nb), w_dtype, name="w")
+            ins = [xa, wp]
+            bias = res = None
+            if b is not None:
+                bias = te.placeholder((n,), F32, name="bias")
+                ins.append(bias)
+            if residual is not None:
+                res = te.placeholder((mm, n), F32, name="res")
+                ins.append(res)
+
+            def epilogue(_b, i, j, acc):
+                y = acc + bias[j] if bias is not None else acc
+                y = K.gelu(y) if act == "gelu" else y
+                return res[i, j] + y if res is not None else y
+
+            return K.gemm(name, ins, 1, mm, n, k, a_fn, lambda _b, j, kk: wp[j // nb, kk, j % nb], epilogue, nb)
+
+        args = [x, w] + ([b] if b is not None else []) + ([residual] if residual is not None else [])
+        return self.call(name, make, args, _tensor([m, n]))
+
+    # -- encoder -----------------------------------------------------------------------------
+
+    def build_encode(self) -> None:
+        d = self.cfg.dims
+        T, C, H = d.n_audio_ctx, d.n_audio_state, d.n_audio_head
+        D = C // H
+        nm = d.n_mels
+        bb = self.bb
+        mel = relax.Var("mel", _tensor([1, nm, 2 * T]))
+        params = [relax.Var(n.replace(".", "_"), _tensor(list(s), dt)) for n, s, dt in param_specs(self.cfg)["encode"]]
+        it = iter(params)
+        with bb.function("encode", [mel, *params]):
+            with bb.dataflow():
+                # [1, n_mels, 2T] -> [2T + 2, n_mels]: time-major with one zero row each side (conv padding)
+                xp = self.call("mel_pad", lambda: _pad_transpose_mel(nm, 2 * T), [mel], _tensor([2 * T + 2, nm]))
+                xf = self.reshape(xp, [(2 * T + 2) * nm])
+                w1, b1, w2, b2, pos = (next(it) for _ in range(5))
+                # conv1 (k3, pad 1) as a gemm over overlapping rows of the flat input: [2T, C]
+                h = self.linear(xf, w1, b1, 2 * T, 3 * nm, C, act="gelu", a_view=("flat", nm, (2 * T + 2) * nm))
+                hp = self.call(f"pad_rows_{2 * T}x{C}", lambda: _pad_rows(2 * T, C), [h], _tensor([2 * T + 2, C]))
+                hf = self.reshape(hp, [(2 * T + 2) * C])
+                # conv2 (k3, stride 2, pad 1): row t starts at padded row 2t; + positional embedding: [T, C]
+                x = self.linear(hf, w2, b2, T, 3 * C, C, act="gelu", residual=pos,
+                                a_view=("flat", 2 * C, (2 * T + 2) * C))
+                for _ in range(d.n_audio_layer):
+                    x = self.encoder_block(x, [next(it) for _ in range(12)], T, C, H, D)
+                g, b = next(it), next(it)
+                x = self.layer_norm(x, g, b, T, C)
+                out = bb.emit_output(self.reshape(x, [1, T, C]))
+            bb.emit_func_output(out)
+
+    def encoder_block(self, x, w: list, T: int, C: int, H: int, D: int) -> relax.Expr:
+        # [T, C] -> [T, C]
+        ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g, ln2b, w1, b1, w2, b2 = w
+        h = self.layer_norm(x, ln1g, ln1b, T, C)
+        qkv = self.linear(h, wqkv, bqkv, T, C, 3 * C)  # [T, 3C]
+        o = self.self_attention_full(qkv, T, C, H, D)  # [H, T, D]
+        x = self.linear(o, wo, bo, T, C, C, residual=x, a_view=("heads", D))
+        h = self.layer_norm(x, ln2g, ln2b, T, C)
+        h = self.linear(h, w1, b1, T, C, 4 * C, act="gelu")
+        return self.linear(h, w2, b2, T, 4 * C, C, residual=x)
+
+    def self_attention_full(self, qkv, T: int, C: int, H: int, D: int) -> relax.Expr:
+        """Encoder attention as two gemms around a row softmax: [T, 3C] -> [H, T, D].
+
+        Keys are padded to Tp (a multiple of the column block) so the score gemm has no tail; the
+        padded columns are -inf before the softmax and so exactly 0 after it.
+        """
+        nbt = 32
+        Tp = -(-T // nbt) * nbt
+        nbd = K.nb_for(D)
+        # K as packed "weights" of the score gemm: [H, Tp / nbt, D, nbt]; V for the P @ V gemm: [H, D / nbd, Tp, nbd]
+        kp = self.call(f"pack_keys_{T}x{C}", lambda: _pack_heads(T, Tp, C, H, D, nbt, C, transpose=True),
+                       [qkv], _tensor([H, Tp // nbt, D, nbt]))
+        vp = self.call(f"pack_values_{T}x{C}", lambda: _pack_heads(T, Tp, C, H, D, nbd, 2 * C, transpose=False),
+                       [qkv], _tensor([H, D // nbd, Tp, nbd]))
+        scale = 1.0 / math.sqrt(D)
+
+        def scores() -> tirx.PrimFunc:
+            q = te.placeholder((T, 3 * C), F32, name="qkv")
+            k = te.placeholder((H, Tp // nbt, D, nbt), F32, name="kp")
+            return K.gemm(
+                f"attn_scores_{T}x{C}", [q, k], H, T, Tp, D,
+                lambda h, i, j: q[i, h * D + j], lambda h, j, dd: k[h, j // nbt, dd, j % nbt],
+                lambda h, i, j, acc: tirx.Select(j < T, acc * K._f(scale), K._f(-math.inf)), nbt,
+                batched_output=True)
+
+        s = self.call(f"attn_scores_{T}x{C}", scores, [qkv, kp], _tensor([H, T, Tp]))
+        s2 = self.reshape(s, [H * T, Tp])
+        p = self.call(f"softmax_{H * T}x{Tp}", lambda: K.softmax_rows(f"softmax_{H * T}x{Tp}", H * T, Tp),
+                      [s2], _tensor([H * T, Tp]))
+        p3 = self.reshape(p, [H, T, Tp])
+
+        def pv() -> tirx.PrimFunc:
+            pr = te.placeholder((H, T, Tp), F32, name="p")
+            v = te.placeholder((H, D // nbd, Tp, nbd), F32, name="vp")
+            return K.gemm(
+                f"attn_pv_{T}x{C}", [pr, v], H, T, D, Tp,
+                lambda h, i, j: pr[h, i, j], lambda h, dd, j: v[h, dd // nbd, j, dd % nbd],
+                lambda h, i, dd, acc: acc, nbd, batched_output=True)
+
+        return self.call(f"attn_pv_{T}x{C}", pv, [p3, vp], _tensor([H, T, D]))
+
+    # -- cross K/V ---------------------------------------------------------------------------
+
+    def build_cross_kv(self) -> None:
+        d = self.cfg.dims
+        T, C, H = d.n_audio_ctx, d.n_text_state, d.n_text_head
+        D = C // H
+        bb = self.bb
+        audio = relax.Var("audio", _tensor([1, T, d.n_audio_state]))
+        specs = param_specs(self.cfg)["cross_kv"]
+        params = [relax.Var(n.replace(".", "_"), _tensor(list(s), dt)) for n, s, dt in specs]
+        with bb.function("cross_kv", [audio, *params]):
+            with bb.dataflow():
+                a = self.reshape(audio, [T, C])
+                slots = []
+                for i in range(d.n_text_layer):
+                    kv = self.linear(a, params[2 * i], params[2 * i + 1], T, C, 2 * C)  # [T, 2C]
+                    for off in (0, C):  # key, then value: [1, H, T, D] each
+                        name = f"split_heads_{T}x{C}_{off}"
+                        slots.append(self.call(name, lambda off=off: _split_heads(T, C, H, D, off), [kv],
+                                               _tensor([1, H, T, D])))
+                out = bb.emit_output(relax.Tuple(slots))
+            bb.emit_func_output(out)
+
+    # -- decoder -----------------------------------------------------------------------------
+
+    def build_decode(self) -> None:
+        cfg, d = self.cfg, self.cfg.dims
+        T, C, H, L = d.n_audio_ctx, d.n_text_state, d.n_text_head, d.n_text_layer
+        D = C // H
+        wd = cfg.decoder_weight_dtype
+        bb = self.bb
+        n = tirx.Var("n", "int64")  # tokens in this call
+        p = tirx.Var("p", "int64")  # past self length
+        tokens = relax.Var("tokens", _tensor([n], "int32"))
+        self_kv = [relax.Var(f"self_{i}", _tensor([1, H, p, D])) for i in range(2 * L)]
+        cross = [relax.Var(f"cross_{i}", _tensor([1, H, T, D])) for i in range(2 * L)]
+        params = [relax.Var(nm.replace(".", "_"), _tensor(list(s), dt)) for nm, s, dt in param_specs(cfg)["decode"]]
+        it = iter(params)
+        with bb.function("decode", [tokens, *self_kv, *cross, *params]):
+            with bb.dataflow():
+                emb, pos = next(it), next(it)
+                # x[i] = embedding[tokens[i]] + pos[p + i]: [n, C]
+                x = self.call(f"embed_{wd}", lambda: _embed(C, d.n_text_ctx, H, D, cfg.vocab_block, wd),
+                              [tokens, emb, pos, self_kv[0]], _tensor([n, C]))
+                present = []
+                for i in range(L):
+                    w = [next(it) for _ in range(18)]
+                    x, k, v = self.decoder_block(x, w, self_kv[2 * i], self_kv[2 * i + 1], cross[2 * i],
+                                                 cross[2 * i + 1], n, p, T, C, H, D, wd)
+                    present += [k, v]
+                g, b = next(it), next(it)
+                h = self.layer_norm(x, g, b, n, C)
+                vp = cfg.vocab_padded
+                logits = self.linear(h, emb, None, n, C, vp, w_dtype=wd)  # tied output projection: [n, V_pad]
+                out = bb.emit_output(relax.Tuple([logits, *present]))
+            bb.emit_func_output(out)
+
+    def decoder_block(self, x, w: list, past_k, past_v, cross_k, cross_v, n, p, T: int, C: int, H: int, D: int,
+                      wd: str):
+        # x [n, C], past [1, H, p, D], cross [1, H, T, D] -> x [n, C], present [1, H, p + n, D]
+        (ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g, ln2b, wq, bq, wco, bco, ln3g, ln3b, w1, b1, w2, b2) = w
+        h = self.layer_norm(x, ln1g, ln1b, n, C)
+        qkv = self.linear(h, wqkv, bqkv, n, C, 3 * C, w_dtype=wd)  # [n, 3C]
+        k = self.call(f"append_kv_{C}_k", lambda: _append_kv(C, H, D, C), [past_k, qkv], _tensor([1, H, p + n, D]))
+        v = self.call(f"append_kv_{C}_v", lambda: _append_kv(C, H, D, 2 * C), [past_v, qkv], _tensor([1, H, p + n, D]))
+        a = self.call(f"self_attention_{C}", lambda: K.decoder_attention(
+            f"self_attention_{C}", H, D, tirx.Var("n", "int64"), tirx.Var("L", "int64"), 3 * C, 0, causal=True),
+            [qkv, k, v], _tensor([n, C]))
+        x = self.linear(a, wo, bo, n, C, C, residual=x, w_dtype=wd)
+        h = self.layer_norm(x, ln2g, ln2b, n, C)
+        q = self.linear(h, wq, bq, n, C, C, w_dtype=wd)
+        a = self.call(f"cross_attention_{T}x{C}", lambda: K.decoder_attention(
+            f"cross_attention_{T}x{C}", H, D, tirx.Var("n", "int64"), T, C, 0, causal=False),
+            [q, cross_k, cross_v], _tensor([n, C]))
+        x = self.linear(a, wco, bco, n, C, C, residual=x, w_dtype=wd)
+        h = self.layer_norm(x, ln3g, ln3b, n, C)
+        h = self.linear(h, w1, b1, n, C, 4 * C, act="gelu", w_dtype=wd)
+        x = self.linear(h, w2, b2, n, 4 * C, C, residual=x, w_dtype=wd)
+        return x, k, v
+
+
+def build_module(cfg: ModelConfig) -> tvm.IRModule:
+    """The three Relax functions and their kernels, before the Relax pipeline."""
+    g = _Graph(cfg)
+    g.build_encode()
+    g.build_cross_kv()
+    g.build_decode()
+    return g.bb.get()
+
+
+# ----------------------------------------------------------------------------------------------
+# Small data-movement kernels (memory-bound, simple schedules)
+
+
+def _parallel_outer(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    sch.parallel(sch.get_loops(sch.get_sblock("out"))[0])
+    return sch.mod["main"].with_attr("global_symbol", name)
+
+
+def _pad_transpose_mel(nm: int, frames: int) -> tirx.PrimFunc:
+    mel = te.placeholder((1, nm, frames), F32, name="mel")
+    out = te.compute((frames + 2, nm), lambda r, c: te.if_then_else(
+        tirx.all(r >= 1, r <= frames), mel[0, c, tirx.max(tirx.min(r - 1, frames - 1), 0)], K._f(0.0)), name="out")
+    return _parallel_outer(te.create_prim_func([mel, out]), "mel_pad")
+
+
+def _pad_rows(m: int, c: int) -> tirx.PrimFunc:
+    x = te.placeholder((m, c), F32, name="x")
+    out = te.compute((m + 2, c), lambda r, j: te.if_then_else(
+        tirx.all(r >= 1, r <= m), x[tirx.max(tirx.min(r - 1, m - 1), 0), j], K._f(0.0)), name="out")
+    return _parallel_outer(te.create_prim_func([x, out]), f"pad_rows_{m}x{c}")
+
+
+def _pack_heads(T: int, Tp: int, C: int, H: int, D: int, nb: int, off: int, transpose: bool) -> tirx.PrimFunc:
+    qkv = te.placeholder((T, 3 * C), F32, name="qkv")
+
+    def at(t, h, dd):
+        return te.if_then_else(t < T, qkv[tirx.min(t, T - 1), off + h * D + dd], K._f(0.0))
+
+    if transpose:  # keys: [H, Tp / nb, D, nb]
+        out = te.compute((H, Tp // nb, D, nb), lambda h, tb, dd, ti: at(tb * nb + ti, h, dd), name="out")
+    else:  # values: [H, D / nb, Tp, nb]
+        out = te.compute((H, D // nb, Tp, nb), lambda h, db, t, di: at(t, h, db * nb + di), name="out")
+    return _parallel_outer(te.create_prim_func([qkv, out]), f"pack_{'keys' if transpose else 'values'}_{T}x{C}")
+
+
+def _split_heads(T: int, C: int, H: int, D: int, off: int) -> tirx.PrimFunc:
+    kv = te.placeholder((T, 2 * C), F32, name="kv")
+    out = te.compute((1, H, T, D), lambda _z, h, t, dd: kv[t, off + h * D + dd], name="out")
+    return _parallel_outer(te.create_prim_func([kv, out]), f"split_heads_{T}x{C}_{off}")
+
+
+def _append_kv(C: int, H: int, D: int, off: int) -> tirx.PrimFunc:
+    # present [1, H, p + n, D] = concat(past [1, H, p, D], new heads from qkv [n, 3C] at column off)
+    n, p = tirx.Var("n", "int64"), tirx.Var("p", "int64")
+    past = te.placeholder((1, H, p, D), F32, name="past")
+    qkv = te.placeholder((n, 3 * C), F32, name="qkv")
+    out = te.compute((1, H, p + n, D), lambda _z, h, j, dd: te.if_then_else(
+        j < p, past[0, h, tirx.min(j, p - 1), dd], qkv[tirx.max(j - p, 0), off + h * D + dd]), name="out")
+    return te.create_prim_func([past, qkv, out]).with_attr("global_symbol", f"append_kv_{C}_{'k' if off == C else 'v'}")
+
+
+def _embed(C: int, n_ctx: int, H: int, D: int, vb: int, wd: str) -> tirx.PrimFunc:
+    # tokens [n] -> embedding[tokens] + pos[p : p + n]: [n, C]; p is read from the shape of a past slot.
+    n, p, nv = tirx.Var("n", "int64"), tirx.Var("p", "int64"), tirx.Var("nv", "int64")
+    tok = te.placeholder((n,), "int32", name="tokens")
+    emb = te.placeholder((nv, C, vb), wd, name="emb")
+    pos = te.placeholder((n_ctx, C), F32, name="pos")
+    past = te.placeholder((1, H, p, D), F32, name="past")
+    out = te.compute((n, C), lambda i, c: emb[tok[i] // vb, c, tok[i] % vb].astype(F32) + pos[p + i, c], name="out")
+    return te.create_prim_func([tok, emb, pos, past, out]).with_attr("global_symbol", f"embed_{wd}")

@@ -1,0 +1,285 @@
+"""Run a candidate backend beside the numpy reference, stage by stage, and name the first wrong step.
+
+Both backends get the same mel window and the same start sequence; after that the reference's token is
+fed to both (teacher forcing), so each step compares like with like even after the candidate has gone
+wrong. At every stage we compare the encoder output, the logits and every KV slot. The first stage
+outside the tolerance (or whose greedy token differs, under the tie rule) is the divergence; then each
+mutant of reference/mutants.py is replayed on the same inputs, and the one the candidate reproduces names
+the bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import kv as kvslots
+from .backend import Backend
+from .decoding import DecodingOptions, build_filters
+from .model import NumpyModel
+from .mutants import MUTANTS, make_mutant
+from .tokenizer import Tokenizer
+from .weights import Checkpoint
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    # fp32 backends differ from the reference by reassociation only: ~1e-5 of the value scale on
+    # tiny.en (CTranslate2: 1.5e-5). Every mutant moves some number by > 1e-2 of it. 1e-3 sits between.
+    relative: float = 1e-3
+    # the tie rule of ARCHITECTURE.md: top-two reference logits closer than this (relative to the
+    # largest |logit|) make either choice acceptable, and the comparison of that window ends there.
+    tie: float = 1e-3
+
+
+@dataclass
+class Stage:
+    window: int
+    stage: str  # "encode", "prefill" or "step"
+    step: int  # 0 for encode and prefill, then 1, 2, ...
+    input_tokens: list[int]
+    ref_token: int | None = None
+    cand_token: int | None = None
+    ref_top: list[tuple[int, float]] = field(default_factory=list)
+    cand_top: list[tuple[int, float]] = field(default_factory=list)
+    max_abs: float = 0.0  # encoder output or logits
+    scale: float = 1.0  # max |reference value| it is measured against
+    slot_max_abs: list[float | None] = field(default_factory=list)  # None where the shapes differ
+    ref_slot_shapes: list[list[int]] = field(default_factory=list)
+    cand_slot_shapes: list[list[int]] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)
+    verdict: str = "agree"  # "agree", "tie" or "diverge"
+    reason: str = ""
+
+
+@dataclass
+class Diagnosis:
+    cause: str
+    explanation: str
+    evidence: str
+
+
+@dataclass
+class Report:
+    audio: str
+    candidate: str
+    agree: bool
+    windows: int
+    steps: int
+    ties: int
+    first_divergence: Stage | None
+    diagnosis: Diagnosis | None
+    stages: list[Stage]
+
+    def as_dict(self, all_stages: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not all_stages:
+            d.pop("stages")
+        return d
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|, counting equal infinities as equal and any other non-finite difference as inf."""
+    if a.shape != b.shape:
+        return float("inf")
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _scale(x: np.ndarray) -> float:
+    finite = np.abs(x[np.isfinite(x)])
+    return float(max(1.0, finite.max())) if finite.size else 1.0
+
+
+def _top(logits: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+    order = np.argsort(-np.nan_to_num(logits, nan=-np.inf), kind="stable")[:k]
+    return [(int(i), float(logits[i])) for i in order]
+
+
+class Lockstep:
+    """Reference and candidate fed identical inputs, one stage at a time."""
+
+    def __init__(self, reference: Backend, candidate: Backend, tokenizer: Tokenizer, tolerance: Tolerance,
+                 options: DecodingOptions) -> None:
+        self.ref, self.cand, self.tok, self.tol = reference, candidate, tokenizer, tolerance
+        self.filters = build_filters(tokenizer, options)
+        self.start = tokenizer.sot_sequence(options.language, options.task)
+        self.sample_len = options.sample_len or reference.dims.n_text_ctx // 2
+
+    def choose(self, logits: np.ndarray, sampled: Sequence[int]) -> tuple[int, np.ndarray]:
+        filtered = np.array(logits, dtype=np.float32)
+        for f in self.filters:
+            f.apply(filtered, sampled)
+        return int(np.argmax(np.nan_to_num(filtered, nan=-np.inf))), filtered
+
+    def compare_slots(self, stage: Stage, ref_kv: list, cand_kv: list, which: Sequence[int]) -> None:
+        stage.ref_slot_shapes = [list(s.shape) for s in ref_kv]
+        stage.cand_slot_shapes = [list(np.shape(self.cand.to_numpy(s))) for s in cand_kv]
+        stage.slot_max_abs = [None] * len(ref_kv)
+        for i in which:
+            r, c = ref_kv[i], self.cand.to_numpy(cand_kv[i])
+            if not np.all(np.isfinite(c)):
+                stage.nonfinite.append(f"slot {i} ({kvslots.slot_name(i)})")
+            if r.shape == c.shape:
+                stage.slot_max_abs[i] = distance(r, c)
+
+    def judge(self, stage: Stage, ref_logits: np.ndarray, cand_logits: np.ndarray, sampled: list[int],
+              ref_kv: list, compared: Sequence[int]) -> None:
+        """Fill the verdict of a prefill/step stage from its logits and the slots already compared."""
+        # NaN or +inf: -inf is how a backend may legitimately suppress a token, judged by distance instead
+        if np.any(np.isnan(cand_logits) | np.isposinf(cand_logits)):
+            stage.nonfinite.append("logits")
+        stage.ref_token, ref_filtered = self.choose(ref_logits, sampled)
+        stage.cand_token, cand_filtered = self.choose(cand_logits, sampled)
+        stage.ref_top, stage.cand_top = _top(ref_filtered), _top(cand_filtered)
+        stage.scale, stage.max_abs = _scale(ref_logits), distance(ref_logits, cand_logits)
+        bad_slots = [i for i in compared if stage.slot_max_abs[i] is None
+                     or stage.slot_max_abs[i] > self.tol.relative * _scale(ref_kv[i])]
+        if stage.nonfinite:
+            stage.verdict, stage.reason = "diverge", f"non-finite values in {', '.join(stage.nonfinite)}"
+        elif bad_slots:
+            i = bad_slots[0]
+            what = ("shape " + str(stage.cand_slot_shapes[i]) + " != " + str(stage.ref_slot_shapes[i])
+                    if stage.slot_max_abs[i] is None else f"max |Δ| {stage.slot_max_abs[i]:.3g}")
+            stage.verdict, stage.reason = "diverge", f"slot {i} ({kvslots.slot_name(i)}): {what}"
+        elif stage.ref_token != stage.cand_token:
+            (best, top1), (second, top2) = stage.ref_top[:2]
+            if top1 - top2 < self.tol.tie * stage.scale and stage.cand_token == second:
+                stage.verdict, stage.reason = "tie", f"reference top-2 within {top1 - top2:.3g}: either is accepted"
+            else:
+                stage.verdict = "diverge"
+                stage.reason = f"token {stage.cand_token} != reference {stage.ref_token}"
+        elif stage.max_abs > self.tol.relative * stage.scale:
+            stage.verdict, stage.reason = "diverge", f"logits max |Δ| {stage.max_abs:.3g} (scale {stage.scale:.3g})"
+
+    def window(self, index: int, mel: np.ndarray, stages: list[Stage]) -> tuple[Stage | None, dict]:
+        """Compare one window; returns (the first non-agreeing stage or None, the replay context)."""
+        ref_feat = self.ref.encode(mel[None])
+        cand_feat = self.cand.encode(mel[None])
+        enc = Stage(index, "encode", 0, [])
+        c = self.cand.to_numpy(cand_feat)
+        enc.scale, enc.max_abs = _scale(ref_feat), distance(ref_feat, c)
+        if not np.all(np.isfinite(c)):
+            enc.nonfinite.append("audio features")
+        if enc.nonfinite or enc.max_abs > self.tol.relative * enc.scale:
+            enc.verdict = "diverge"
+            enc.reason = f"encoder output max |Δ| {enc.max_abs:.3g} (scale {enc.scale:.3g})"
+        stages.append(enc)
+        context = {"features": ref_feat, "history": []}
+        if enc.verdict != "agree":
+            return enc, context
+
+        n_layer = self.ref.dims.n_text_layer
+        every_slot = range(kvslots.n_slots(n_layer))
+        ref_logits, ref_kv = self.ref.prefill(self.start, ref_feat, self.ref.zero_kv())
+        cand_logits, cand_kv = self.cand.prefill(self.start, cand_feat, self.cand.zero_kv())
+        cand_logits = np.asarray(cand_logits)
+        stage = Stage(index, "prefill", 0, list(self.start))
+        self.compare_slots(stage, ref_kv, cand_kv, every_slot)
+        self.judge(stage, ref_logits[-1], cand_logits[-1], [], ref_kv, every_slot)
+        stages.append(stage)
+        context.update(cand_logits=cand_logits[-1], cand_kv=cand_kv)
+        sampled: list[int] = []
+        while stage.verdict == "agree" and stage.ref_token != self.tok.eot and len(sampled) < self.sample_len:
+            token = stage.ref_token
+            sampled.append(token)
+            context["history"] = list(sampled)
+            ref_logits, present = self.ref.step(token, ref_kv)
+            ref_kv = kvslots.remap_present(ref_kv, present)
+            cand_logits, present = self.cand.step(token, cand_kv)
+            cand_kv = kvslots.remap_present(cand_kv, present)
+            stage = Stage(index, "step", len(sampled), [token])
+            self.compare_slots(stage, ref_kv, cand_kv, kvslots.self_slots(n_layer))
+            self.judge(stage, ref_logits, np.asarray(cand_logits), sampled, ref_kv, kvslots.self_slots(n_layer))
+            stages.append(stage)
+            context.update(cand_logits=np.asarray(cand_logits), cand_kv=cand_kv)
+        return (None if stage.verdict == "agree" else stage), context
+
+
+def replay(model: Backend, start: list[int], features: np.ndarray, history: list[int]) -> tuple[np.ndarray, list]:
+    """The logits and slots `model` has after the start sequence and `history` (teacher-forced)."""
+    logits, kv = model.prefill(start, features, model.zero_kv())
+    logits = logits[-1]
+    for token in history:
+        logits, present = model.step(token, kv)
+        kv = kvslots.remap_present(kv, present)
+    return logits, kv
+
+
+def diagnose(lockstep: Lockstep, stage: Stage, context: dict, checkpoint: Checkpoint) -> Diagnosis:
+    """Test the classic causes against the evidence of the first divergent stage."""
+    if stage.stage == "encode":
+        if stage.nonfinite:
+            return _fallback(stage)
+        return Diagnosis("encoder output differs", "the encoder's output differs from the reference's; the decoder "
+                         "was not compared", stage.reason)
+    if stage.verdict == "tie":
+        return Diagnosis("tie", "the reference's two best tokens are within the tie margin", stage.reason)
+    # Replay every mutant to this stage; the one whose numbers the candidate reproduces names the bug.
+    history = context["history"] if stage.stage == "step" else []
+    scores = {}
+    for name in MUTANTS:
+        mutant = make_mutant(name, checkpoint, lockstep.tok)
+        m_logits, m_kv = replay(mutant, lockstep.start, context["features"], history)
+        scores[name] = _match(m_logits, m_kv, context["cand_logits"], context["cand_kv"], lockstep)
+    best = min(scores, key=scores.get)
+    if scores[best] <= lockstep.tol.relative:
+        cls = MUTANTS[best][0]
+        return Diagnosis(cls.cause, cls.explanation,
+                         f"{stage.stage} {stage.step}: {stage.reason}; the candidate reproduces the "
+                         f"'{best}' mutant within {scores[best]:.2g} (relative)")
+    return _fallback(stage)
+
+
+def _match(m_logits: np.ndarray, m_kv: list, cand_logits, cand_kv, lockstep: Lockstep) -> float:
+    """Largest relative difference between a mutant's state and the candidate's (inf if shapes differ)."""
+    worst = distance(m_logits, cand_logits) / _scale(m_logits)
+    for m, c in zip(m_kv, cand_kv, strict=False):
+        worst = max(worst, distance(m, lockstep.cand.to_numpy(c)) / _scale(m))
+    return worst
+
+
+def _fallback(stage: Stage) -> Diagnosis:
+    """No mutant reproduces the candidate: read the evidence directly."""
+    if stage.nonfinite:
+        cls = MUTANTS["fp16_overflow"][0]
+        return Diagnosis(cls.cause, cls.explanation, f"{stage.stage} {stage.step}: {stage.reason}")
+    shapes_ref, shapes_cand = stage.ref_slot_shapes, stage.cand_slot_shapes
+    for i, (r, c) in enumerate(zip(shapes_ref, shapes_cand, strict=False)):
+        layer, kind = kvslots.slot_of(i)
+        if kind.is_self and r != c and len(c) == 4 and c[2] < r[2]:
+            cls = MUTANTS["not_appended"][0]
+            return Diagnosis(cls.cause, cls.explanation, f"slot {i} holds {c[2]} positions, the reference {r[2]}")
+    if stage.stage == "prefill":
+        cross = [i for i in range(len(stage.slot_max_abs)) if not kvslots.slot_of(i)[1].is_self]
+        if any(stage.slot_max_abs[i] is None or stage.slot_max_abs[i] > 0 for i in cross):
+            cls = MUTANTS["cross_wrong_input"][0]
+            return Diagnosis(cls.cause, cls.explanation, stage.reason)
+    return Diagnosis("unknown", "the candidate diverges in a way none of the classic causes explains", stage.reason)
+
+
+def verify(reference: NumpyModel, candidate: Backend, tokenizer: Tokenizer, checkpoint: Checkpoint,
+           windows: Sequence[np.ndarray], audio: str = "", tolerance: Tolerance | None = None,
+           options: DecodingOptions | None = None) -> Report:
+    lock = Lockstep(reference, candidate, tokenizer, tolerance or Tolerance(), options or DecodingOptions())
+    stages: list[Stage] = []
+    first, diagnosis, ties = None, None, 0
+    for index, mel in enumerate(windows):
+        bad, context = lock.window(index, mel, stages)
+        if bad is not None and bad.verdict == "tie":
+            ties += 1
+            continue
+        if bad is not None:
+            first = bad
+            diagnosis = diagnose(lock, bad, context, checkpoint)
+            break
+    steps = sum(1 for s in stages if s.stage == "step")
+    return Report(audio=audio, candidate=getattr(candidate, "name", type(candidate).__name__), agree=first is None,
+                  windows=len(windows), steps=steps, ties=ties, first_divergence=first, diagnosis=diagnosis,
+                  stages=stages)

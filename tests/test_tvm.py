@@ -1,0 +1,271 @@
+"""The TVM backend against the numpy reference.
+
+A handful of small model shapes is compiled once per session (a few seconds each, into a cache under
+pytest's tmp folder); hypothesis then draws weights, mels and start sequences for them, and the real
+tiny.en is decoded on every shared clip. Skipped only when tvm is not installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import backends.tvm.threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
+
+pytest.importorskip("tvm")
+
+from backends.tvm import TVMBackend  # noqa: E402
+from backends.tvm import compile as tvm_compile  # noqa: E402
+from backends.tvm.model import ModelConfig  # noqa: E402
+from reference import kv as kvslots  # noqa: E402
+from reference.dims import ModelDims  # noqa: E402
+from reference.model import NumpyModel  # noqa: E402
+from reference.weights import random_weights  # noqa: E402
+
+from .conftest import AUDIO_DIR, CLIPS  # noqa: E402
+
+# Shapes chosen to reach every code path of the kernels: column blocks of 32, 16 and 8 (head_dim 24),
+# audio lengths that are and are not multiples of the 6-row tile and of the 32-key block, a vocabulary
+# that needs padding, one and several layers, and fp16 decoder weights.
+CONFIGS = {
+    "even": ModelConfig(ModelDims(n_mels=16, n_audio_ctx=24, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
+                                  n_vocab=96, n_text_ctx=24, n_text_state=64, n_text_head=4, n_text_layer=2)),
+    "odd": ModelConfig(ModelDims(n_mels=5, n_audio_ctx=9, n_audio_state=48, n_audio_head=3, n_audio_layer=1,
+                                 n_vocab=77, n_text_ctx=13, n_text_state=48, n_text_head=2, n_text_layer=1)),
+    "fp16": ModelConfig(ModelDims(n_mels=8, n_audio_ctx=37, n_audio_state=32, n_audio_head=1, n_audio_layer=1,
+                                  n_vocab=50, n_text_ctx=16, n_text_state=32, n_text_head=2, n_text_layer=3),
+                        decoder_weight_dtype="float16"),
+}
+
+# float32 math in another order (blocked gemms vs BLAS, polynomial exp/erf within 3 ulp) differs from
+# the reference by ~1e-6 relative per operation, a few 1e-6 after a few layers. A wrong head, slot, mask,
+# bias or position changes results by O(0.1), so 1e-4 (relative to the largest value) separates the two.
+TOLERANCE = 1e-4
+TIE_MARGIN = 1e-3  # ARCHITECTURE.md: top-two closer than this (relative to the logit scale) is a tie
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(got - want).max())
+    assert err <= TOLERANCE * scale, f"{what}: max |tvm - numpy| = {err:.3g} > {TOLERANCE} x {scale:.3g}"
+
+
+@pytest.fixture(scope="session")
+def libraries(tmp_path_factory) -> dict[str, str]:
+    """Compile every config once into a private cache; later backends only load the .so."""
+    cache = tmp_path_factory.mktemp("whisperkv-cache")
+    paths = {}
+    for name, cfg in CONFIGS.items():
+        path = tvm_compile.library_path(cfg, directory=cache)
+        tvm_compile.compile_library(cfg, path, quiet=True)
+        paths[name] = str(path)
+    return paths
+
+
+def make_pair(libraries, name: str, seed: int) -> tuple[TVMBackend, NumpyModel]:
+    cfg = CONFIGS[name]
+    w = random_weights(cfg.dims, seed)
+    if cfg.decoder_weight_dtype == "float16":
+        # fp16 storage is exact only for fp16-representable weights (as in the bundled checkpoint).
+        w = {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
+    tvm_model = TVMBackend((cfg.dims, w), decoder_weight_dtype=cfg.decoder_weight_dtype,
+                           library=libraries[name], compile_if_missing=False)
+    return tvm_model, NumpyModel((cfg.dims, w))
+
+
+configs = st.sampled_from(sorted(CONFIGS))
+seeds = st.integers(0, 2**31 - 1)
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                          HealthCheck.function_scoped_fixture])
+
+
+def random_mel(dims: ModelDims, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((1, dims.n_mels, dims.n_mel_frames)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Each function on its own, so a failure points at one of them
+
+
+@SETTINGS
+@given(name=configs, seed=seeds)
+def test_encoder_matches_reference(libraries, name: str, seed: int) -> None:
+    tvm_model, ref = make_pair(libraries, name, seed)
+    mel = random_mel(ref.dims, seed)
+    assert_close(tvm_model.to_numpy(tvm_model.encode(mel)), ref.encode(mel), "audio features")
+
+
+@SETTINGS
+@given(name=configs, seed=seeds, data=st.data())
+def test_prefill_matches_reference(libraries, name: str, seed: int, data: st.DataObject) -> None:
+    tvm_model, ref = make_pair(libraries, name, seed)
+    d = ref.dims
+    tokens = data.draw(st.lists(st.integers(0, d.n_vocab - 1), min_size=1, max_size=min(5, d.n_text_ctx)))
+    # The same audio features for both, so only prefill is under test.
+    features = ref.encode(random_mel(d, seed))
+    logits, kv = tvm_model.prefill(tokens, tvm_model.from_numpy(features), tvm_model.zero_kv())
+    want_logits, want_kv = ref.prefill(tokens, features, ref.zero_kv())
+    assert_close(logits, want_logits, "prefill logits")
+    assert len(kv) == kvslots.n_slots(d.n_text_layer)
+    for i, (got, want) in enumerate(zip(kv, want_kv, strict=True)):
+        assert_close(tvm_model.to_numpy(got), want, f"slot {kvslots.slot_name(i)}")
+
+
+@SETTINGS
+@given(name=configs, seed=seeds, data=st.data())
+def test_step_matches_reference(libraries, name: str, seed: int, data: st.DataObject) -> None:
+    tvm_model, ref = make_pair(libraries, name, seed)
+    d = ref.dims
+    past = data.draw(st.integers(0, d.n_text_ctx - 1), label="past length")
+    token = data.draw(st.integers(0, d.n_vocab - 1), label="token")
+    # Slots from the reference (random past self K/V, cross K/V from random audio): only step is under test.
+    rng = np.random.default_rng(seed)
+    kv = [rng.standard_normal(kvslots.slot_shape(d, i, past)).astype(np.float32)
+          for i in range(kvslots.n_slots(d.n_text_layer))]
+    logits, present = tvm_model.step(token, [tvm_model.from_numpy(s) for s in kv])
+    want_logits, want_present = ref.step(token, kv)
+    assert_close(logits, want_logits, "step logits")
+    assert len(present) == 2 * d.n_text_layer
+    for got, want in zip(present, want_present, strict=True):
+        assert_close(tvm_model.to_numpy(got), want, "present self slot")
+
+
+# ----------------------------------------------------------------------------------------------
+# Greedy decoding, step by step, under the tie-aware rule
+
+
+def greedy_agreement(tvm_model, ref, mel: np.ndarray, start: list[int], max_steps: int) -> tuple[str, int]:
+    """Run both greedily; -> ("agree", steps) or ("tie", step). Fails on a disagreement that is no tie."""
+    a_t, a_r = tvm_model.encode(mel), ref.encode(mel)
+    lt, kv_t = tvm_model.prefill(start, a_t, tvm_model.zero_kv())
+    lr, kv_r = ref.prefill(start, a_r, ref.zero_kv())
+    lt, lr = lt[-1], lr[-1]
+    for step in range(max_steps + 1):
+        assert_close(lt, lr, f"logits at step {step}")
+        top2 = np.sort(lr)[-2:]
+        tok_t, tok_r = int(np.argmax(lt)), int(np.argmax(lr))
+        if tok_t != tok_r:
+            assert top2[1] - top2[0] < TIE_MARGIN * max(1.0, abs(top2[1])), (
+                f"step {step}: tvm chose {tok_t}, numpy {tok_r}, reference margin {top2[1] - top2[0]:.3g} is no tie")
+            return "tie", step
+        if step == max_steps:
+            break
+        lt, pt = tvm_model.step(tok_t, kv_t)
+        lr, pr = ref.step(tok_r, kv_r)
+        kv_t, kv_r = kvslots.remap_present(kv_t, pt), kvslots.remap_present(kv_r, pr)
+    return "agree", max_steps
+
+
+TIES: list[tuple[str, int]] = []
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(name=configs, seed=seeds, data=st.data())
+def test_greedy_sequences_agree(libraries, name: str, seed: int, data: st.DataObject) -> None:
+    tvm_model, ref = make_pair(libraries, name, seed)
+    d = ref.dims
+    start = data.draw(st.lists(st.integers(0, d.n_vocab - 1), min_size=1, max_size=3), label="start sequence")
+    outcome, step = greedy_agreement(tvm_model, ref, random_mel(d, seed), start, d.n_text_ctx - len(start))
+    if outcome == "tie":
+        TIES.append((name, step))
+
+
+# ----------------------------------------------------------------------------------------------
+# The real tiny.en on every shared clip: same tokens, zero ties
+
+
+@pytest.fixture(scope="module")
+def tiny_tvm(tiny_en, tmp_path_factory):
+    # Its own library path: the test must show a cold compile works, not reuse a user's cache.
+    return TVMBackend(tiny_en.checkpoint, library=tmp_path_factory.mktemp("whisperkv-tiny") / "tiny.so", quiet=True)
+
+
+def test_tiny_en_uses_fp16_weights_only_when_the_file_had_them(tiny_en, tiny_tvm) -> None:
+    assert tiny_en.checkpoint.stored_dtype == "float16"
+    assert tiny_tvm.config.decoder_weight_dtype == "float16"
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_tiny_en_agrees_with_reference_on_clip(tiny_en, tiny_tvm, clip: str) -> None:
+    from reference.audio import load_audio, mel_windows
+    from reference.decoding import Decoder
+
+    audio = load_audio(AUDIO_DIR / clip)
+    for seek, mel in mel_windows(audio, tiny_en.dims.n_mels):
+        ref_run = Decoder(tiny_en.backend, tiny_en.tokenizer, trace=True).run(tiny_en.backend.encode(mel[None]))
+        tvm_run = Decoder(tiny_tvm, tiny_en.tokenizer, trace=True).run(tiny_tvm.encode(mel[None]))
+        ref_events = [e for e in ref_run.events if e.token is not None]
+        tvm_events = [e for e in tvm_run.events if e.token is not None]
+        for i, (r, t) in enumerate(zip(ref_events, tvm_events, strict=False)):
+            # Top filtered logits agree within the tolerance (real logits are O(10)).
+            scale = max(1.0, abs(r.top[0][1]))
+            want = dict(r.top)
+            for tok, logit in t.top:
+                if tok in want and np.isfinite(want[tok]):
+                    assert abs(logit - want[tok]) <= TOLERANCE * scale * 10, (clip, seek, i, tok)
+            # Zero ties on real audio: a differing token is a failure whatever the margin, but say which.
+            assert t.token == r.token, (
+                f"{clip} @ frame {seek}, step {i}: tvm {t.token} vs numpy {r.token} "
+                f"(reference margin {r.margin:.3g}{', a tie' if r.margin < TIE_MARGIN * scale else ''})")
+        assert tvm_run.tokens == ref_run.tokens and tvm_run.text == ref_run.text
+        assert abs(tvm_run.no_speech_prob - ref_run.no_speech_prob) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# The library cache
+
+
+def test_library_for_other_dims_is_refused(libraries) -> None:
+    other = CONFIGS["odd"]
+    with pytest.raises(tvm_compile.LibraryMismatchError, match="compiled for another model.*dims"):
+        tvm_compile.load_library(other, libraries["even"], compile_if_missing=False)
+    # The same dims with another weight dtype are refused too: the parameters would be misread.
+    fp32_even = CONFIGS["even"]
+    fp16_even = replace(fp32_even, decoder_weight_dtype="float16")
+    with pytest.raises(tvm_compile.LibraryMismatchError, match="decoder_weight_dtype"):
+        tvm_compile.load_library(fp16_even, libraries["even"], compile_if_missing=False)
+    # And through the backend's constructor.
+    with pytest.raises(tvm_compile.LibraryMismatchError):
+        TVMBackend((other.dims, random_weights(other.dims)), library=libraries["even"], compile_if_missing=False)
+
+
+def test_cache_key_separates_dims_and_dtype(libraries) -> None:
+    paths = {tvm_compile.library_path(cfg) for cfg in CONFIGS.values()}
+    assert len(paths) == len(CONFIGS)
+    assert tvm_compile.library_path(CONFIGS["even"]) != tvm_compile.library_path(
+        replace(CONFIGS["even"], decoder_weight_dtype="float16"))
+
+
+def test_cache_write_is_atomic(libraries, tmp_path, monkeypatch) -> None:
+    cfg = CONFIGS["odd"]
+    target = tmp_path / "lib.so"
+
+    # A process killed between export and rename leaves neither the library nor a temp file.
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tvm_compile.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tvm_compile.compile_library(cfg, target, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    # A complete write replaces whatever was there (e.g. another process's identical library) in one step.
+    target.write_bytes(b"an older library")
+    tvm_compile.compile_library(cfg, target, quiet=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["lib.so"]
+    vm, _ = tvm_compile.load_library(cfg, target, compile_if_missing=False)
+    assert tvm_compile.read_config(vm)["dims"] == cfg.dims.as_dict()
+
+
+def test_compile_prints_progress(libraries, tmp_path, capsys) -> None:
+    tvm_compile.compile_library(CONFIGS["odd"], tmp_path / "lib.so")
+    err = capsys.readouterr().err
+    assert "compiling the TVM backend" in err and "compiled in" in err
