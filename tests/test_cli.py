@@ -101,3 +101,12 @@ def test_bad_model_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(p.stderr.strip().splitlines()) == 1
     p = whisperkv("transcribe", JFK, "--model", tmp_path / "nowhere")
     assert p.returncode == 2 and "nowhere" in p.stderr
+
+
+def test_a_hugging_face_folder_transcribes_like_the_bundled_model(tiny_en, tmp_path: Path) -> None:
+    from reference.weights import save_huggingface
+
+    folder = save_huggingface(tiny_en.checkpoint, tmp_path / "hf-tiny.en", dtype="float16")
+    p = whisperkv("transcribe", JFK, "--model", folder, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["tokens"] == tiny_en.transcribe(JFK).tokens
