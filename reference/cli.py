@@ -111,6 +111,23 @@ def describe(report, tokenizer) -> list[str]:
     return lines
 
 
+def _compile(args: argparse.Namespace) -> int:
+    import importlib
+
+    from .weights import load_checkpoint
+
+    checkpoint = load_checkpoint(args.model)
+    try:
+        tvm_backend = importlib.import_module("backends.tvm")
+    except ImportError as e:
+        print(f"whisperkv: error: the tvm backend needs apache-tvm (pip install 'whisperkv[tvm]'): {e}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    path = tvm_backend.ensure_compiled(checkpoint, force=args.force)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .registry import available_backends
 
@@ -140,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tolerance", type=float, default=1e-3,
                    help="relative tolerance on features, logits and slots (default 1e-3: fp32 backends)")
     v.set_defaults(run=_verify)
+
+    c = sub.add_parser("compile", help="compile the TVM library for a checkpoint's shape into the cache")
+    c.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    c.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
+    c.set_defaults(run=_compile)
     return parser
 
 

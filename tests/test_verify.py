@@ -1,0 +1,183 @@
+"""`verify` catches every classic bug at the right step with the right diagnosis, and raises no false alarm
+on correct backends; `trace` shows the slots grow as the layout says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from reference import kv as kvslots
+from reference.audio import load_audio, mel_windows
+from reference.model import NumpyModel
+from reference.mutants import MUTANTS, make_mutant
+from reference.verify import Tolerance, distance, verify
+
+from .conftest import AUDIO_DIR, CLIPS
+
+CLIP = AUDIO_DIR / "pocketsphinx_goforward.wav"  # short: 5 sampled tokens, so a full verify is ~1 s
+
+# where each mutant must first be caught: the stage whose numbers it changes first
+EXPECTED_STAGE = {
+    "wrong_start": ("prefill", 0),
+    "zero_cross": ("prefill", 0),
+    "cross_wrong_input": ("prefill", 0),
+    "position_off_by_one": ("prefill", 0),
+    "no_final_ln": ("prefill", 0),
+    "swapped_slots": ("step", 1),  # presents are first returned by the first step
+    "not_appended": ("step", 1),
+    "fp16_overflow": ("step", 1),
+    "eot_ignored": ("step", 1),  # its <|endoftext|> logit is -inf from the first step on
+}
+
+
+def windows(path) -> list[np.ndarray]:
+    return [mel for _, mel in mel_windows(load_audio(path))]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_en) -> NumpyModel:
+    return tiny_en.backend
+
+
+def test_every_mutant_has_an_expected_stage() -> None:
+    assert set(EXPECTED_STAGE) == set(MUTANTS)
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_each_mutant_is_caught_with_its_diagnosis(tiny_en, reference, name: str) -> None:
+    mutant = make_mutant(name, tiny_en.checkpoint, tiny_en.tokenizer)
+    report = verify(reference, mutant, tiny_en.tokenizer, tiny_en.checkpoint, windows(CLIP))
+    assert not report.agree
+    first = report.first_divergence
+    assert (first.stage, first.step) == EXPECTED_STAGE[name], first.reason
+    assert first.verdict == "diverge"
+    assert report.diagnosis.cause == MUTANTS[name][0].cause, report.diagnosis
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_the_reference_agrees_with_itself_on_every_clip(tiny_en, reference, clip: str) -> None:
+    # A second, independent NumpyModel instance: no shared state, same math.
+    report = verify(reference, NumpyModel(tiny_en.checkpoint), tiny_en.tokenizer, tiny_en.checkpoint,
+                    windows(AUDIO_DIR / clip))
+    assert report.agree and report.ties == 0 and report.first_divergence is None
+    assert report.steps > 0
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_tvm_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
+    tvm_backend = pytest.importorskip("backends.tvm")
+    candidate = tvm_backend.TVMBackend(tiny_en.checkpoint, quiet=True)
+    report = verify(reference, candidate, tiny_en.tokenizer, tiny_en.checkpoint, windows(AUDIO_DIR / clip))
+    assert report.agree, (report.first_divergence, report.diagnosis)
+    assert report.ties == 0  # ARCHITECTURE.md: ties must be rare on real audio; none on the shared clips
+
+
+def test_tolerance_is_what_separates_agreement_from_divergence(tiny_en, reference) -> None:
+    class Nudged(NumpyModel):
+        """Adds a fixed offset to every logit of one step: harmless to the argmax, visible to the tolerance."""
+
+        def step(self, token, kv):
+            logits, present = super().step(token, kv)
+            return logits + np.float32(0.5), present
+
+    nudged = Nudged(tiny_en.checkpoint)
+    strict = verify(reference, nudged, tiny_en.tokenizer, tiny_en.checkpoint, windows(CLIP))
+    assert not strict.agree and strict.first_divergence.stage == "step"
+    assert strict.first_divergence.ref_token == strict.first_divergence.cand_token
+    loose = verify(reference, nudged, tiny_en.tokenizer, tiny_en.checkpoint, windows(CLIP),
+                   tolerance=Tolerance(relative=0.1))
+    assert loose.agree
+
+
+def test_a_tie_is_reported_not_passed_or_failed(tiny_en, reference) -> None:
+    class Tied(NumpyModel):
+        """A reference whose first choice is a near-tie: its top-two logits are made 1e-4 apart."""
+
+        def prefill(self, tokens, audio_features, kv):
+            logits, kv = super().prefill(tokens, audio_features, kv)
+            last = logits[-1]
+            best, second = np.argsort(-last)[:2]
+            last[second] = last[best] - np.float32(1e-4)
+            return logits, kv
+
+    class TiedOther(Tied):
+        def prefill(self, tokens, audio_features, kv):
+            logits, kv = super().prefill(tokens, audio_features, kv)
+            last = logits[-1]
+            best, second = np.argsort(-last)[:2]
+            last[best], last[second] = last[second], last[best]
+            return logits, kv
+
+    report = verify(Tied(tiny_en.checkpoint), TiedOther(tiny_en.checkpoint), tiny_en.tokenizer,
+                    tiny_en.checkpoint, windows(CLIP))
+    assert report.agree and report.ties == 1
+    assert [s.verdict for s in report.stages] == ["agree", "tie"]
+
+
+def test_distance_handles_infinities_and_shapes() -> None:
+    a = np.array([1.0, -np.inf, 3.0], np.float32)
+    assert distance(a, a.copy()) == 0.0
+    assert distance(a, np.array([1.0, 0.0, 3.0], np.float32)) == np.inf
+    assert distance(a, np.array([1.0, -np.inf, 3.5], np.float32)) == pytest.approx(0.5)
+    assert distance(a, a[:2]) == np.inf
+
+
+def whisperkv(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reference", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_verify_cli_exit_codes_and_json() -> None:
+    good = whisperkv("verify", CLIP, "--candidate", "numpy", "--format", "json")
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["agree"] is True
+    bad = whisperkv("verify", CLIP, "--candidate", "mutant:position_off_by_one", "--format", "json")
+    assert bad.returncode == 1, bad.stderr
+    d = json.loads(bad.stdout)
+    assert d["first_divergence"]["stage"] == "prefill"
+    assert d["diagnosis"]["cause"] == "positional offset off by one"
+    text = whisperkv("verify", CLIP, "--candidate", "mutant:zero_cross")
+    assert text.returncode == 1 and "DIAGNOSIS: cross K/V left zero" in text.stdout
+    assert "top-5" in text.stdout and "max |Δ|" in text.stdout
+    for spec in ("nonsense", "python:no_such_module:f", "mutant:nope"):
+        p = whisperkv("verify", CLIP, "--candidate", spec)
+        assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, spec
+    assert whisperkv("verify", AUDIO_DIR / "missing.wav", "--candidate", "numpy").returncode == 2
+
+
+def test_python_factory_candidates(tmp_path) -> None:
+    (tmp_path / "my_backend.py").write_text(
+        "from reference.model import NumpyModel\n"
+        "from reference.mutants import PositionOffByOne\n"
+        "def good(checkpoint):\n    return NumpyModel(checkpoint)\n"
+        "def bad(checkpoint):\n    return PositionOffByOne(checkpoint)\n"
+    )
+    env_path = f"{tmp_path}"
+    run = lambda spec: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "reference", "verify", str(CLIP), "--candidate", spec], capture_output=True,
+        text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": env_path},
+    )
+    assert run("python:my_backend:good").returncode == 0
+    bad = run("python:my_backend:bad")
+    assert bad.returncode == 1 and "positional offset off by one" in bad.stdout
+
+
+def test_trace_shows_growth_of_self_slots_only() -> None:
+    p = whisperkv("trace", CLIP)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    rows = [line for line in lines if line.split() and line.split()[0] in ("START", "PREFILL", "STEP", "DONE")]
+    assert rows[0].startswith("START") and rows[1].startswith("PREFILL") and rows[-1].startswith("DONE")
+    steps = [r for r in rows if r.startswith("STEP")]
+    assert len(steps) >= 1
+    n_self = len(kvslots.self_slots(4))
+    assert f"{n_self} x [1, 6, 2, 64] grew +2" in rows[1]  # the two start tokens
+    for i, row in enumerate(steps, start=1):
+        assert f"{n_self} x [1, 6, {2 + i}, 64] grew +1" in row
+        assert f"{n_self} x [1, 6, 1500, 64] stayed" in row  # cross slots never change after prefill
+    assert "<|endoftext|>" in steps[-1]
+    assert lines[-1].startswith("# text: Go forward")
