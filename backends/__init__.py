@@ -10,6 +10,8 @@ from typing import Any
 BACKENDS: dict[str, str] = {
     "numpy": "reference.model:NumpyModel",
     "tvm": "backends.tvm:TVMBackend",
+    "onnxruntime": "backends.onnx.ort:OnnxRuntimeBackend",
+    "tvm-onnx": "backends.onnx.tvm_onnx:TVMOnnxBackend",
 }
 
 
@@ -22,3 +24,20 @@ def get_backend(name: str, checkpoint: Any, **options: Any) -> Any:
     except ImportError as e:
         raise ValueError(f"backend {name!r} needs a package that is not installed: {e}") from e
     return getattr(module, factory)(checkpoint, **options)
+
+
+def open_folder(path: Any, checkpoint: Any) -> Any:
+    """A folder of model files -> the backend that runs it (`whisperkv verify --candidate FOLDER`).
+
+    An Optimum ONNX export runs in onnxruntime; the same folder holding TVM libraries (*.so, as compiled by
+    the tvm-onnx backend into that folder) runs through TVM.
+    """
+    from pathlib import Path
+
+    folder = Path(path)
+    if not any(folder.glob("*.onnx")):
+        raise ValueError(f"{folder}: no *.onnx files: expected an Optimum ONNX export "
+                         "(encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx)")
+    if any(folder.glob("*.so")):
+        return get_backend("tvm-onnx", checkpoint, onnx_dir=folder, library_dir=folder)
+    return get_backend("onnxruntime", checkpoint, onnx_dir=folder)

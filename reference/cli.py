@@ -162,14 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
     c.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
     c.set_defaults(run=_compile)
+
+    try:  # backends/ only lazily: the onnx package is imported only when the command runs
+        from backends.onnx.cli import add_cli as add_onnx_cli
+    except ImportError:
+        pass
+    else:
+        add_onnx_cli(sub)
     return parser
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = _INPUT_ERRORS
+    try:
+        from backends.onnx.folder import OnnxFolderError
+
+        errors += (OnnxFolderError,)
+    except ImportError:
+        pass
+    return errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except _INPUT_ERRORS as e:
+    except _input_errors() as e:
         print(f"whisperkv: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -1,0 +1,14 @@
+"""The Optimum ONNX route: export whisperkv checkpoints as Optimum's three Whisper ONNX models, and run
+such folders (ours or anyone's) through the backend protocol with onnxruntime or TVM.
+
+    export.py    checkpoint -> encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx
+    layout.py    the names, order, dtypes and dynamic axes of those files (and the variants accepted)
+    folder.py    the importer's checks: a wrong folder is refused naming the file and the tensor
+    protocol.py  the backend protocol over the three graphs, for any engine
+    ort.py       onnxruntime engine           tvm_onnx.py  TVM Relax engine (tvm.relax.frontend.onnx)
+    seed_demo.py the seed's pipeline, reproduced and fixed
+    cli.py       `whisperkv export-onnx`
+
+Nothing here is imported by `import backends.onnx` beyond this docstring: onnx, onnxruntime and tvm
+are optional, and each module imports what it needs.
+"""

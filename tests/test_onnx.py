@@ -1,0 +1,415 @@
+"""The Optimum ONNX route: our export in onnxruntime and in TVM against the numpy reference, the
+importer's refusals, and the seed's pipeline reproduced.
+
+Exports are made once per session into a tmp folder (about 3 s for the fp32 folder). The random-dims
+models are tiny, so the property and refusal tests cost milliseconds each.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reference import kv as kvslots
+from reference.audio import load_audio, mel_windows
+from reference.decoding import Decoder, DecodingResult
+from reference.dims import ModelDims
+from reference.model import NumpyModel
+from reference.weights import Checkpoint, random_weights
+
+from .conftest import AUDIO_DIR, CLIPS
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from backends.onnx import layout  # noqa: E402
+from backends.onnx.export import build_models, export_onnx  # noqa: E402
+from backends.onnx.folder import OnnxFolderError, check_part, signature_from_model  # noqa: E402
+from backends.onnx.ort import OnnxRuntimeBackend  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The reference's margin (filtered top-1 minus top-2 logit) below which either choice is a tie
+# (ARCHITECTURE.md: ~1e-3 relative to the logit scale; tiny.en's top logits are ~10..30).
+TIE_MARGIN = 1e-2
+
+# float32 onnxruntime vs float32 numpy: the same math with other summation orders and fused kernels.
+# Measured on the shared clips: at most 3e-5 on the filtered top-5 logits (whose scale is 10..30), so
+# 1e-3 leaves a 30x margin for other CPUs' kernels. A wrong position, mask, slot or weight moves them by O(1).
+FP32_LOGIT_ATOL = 1e-3
+
+FP16_REPORT: list[str] = []
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures
+
+
+def small_checkpoint(dims: ModelDims, seed: int = 0) -> Checkpoint:
+    return Checkpoint(dims, random_weights(dims, seed), Path("/nonexistent"), "float32", "random")
+
+
+SMALL = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2, n_vocab=20,
+                  n_text_ctx=10, n_text_state=8, n_text_head=2, n_text_layer=2)
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32_dir(tiny_en, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("optimum-tiny-en")
+    export_onnx(tiny_en.checkpoint, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_fp16_dir(tiny_en, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("optimum-tiny-en-fp16")
+    export_onnx(tiny_en.checkpoint, out, fp16=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ort_fp32(tiny_en, onnx_fp32_dir) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(tiny_en.checkpoint, onnx_dir=onnx_fp32_dir)
+
+
+@pytest.fixture(scope="module")
+def ort_fp16(tiny_en, onnx_fp16_dir) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(tiny_en.checkpoint, onnx_dir=onnx_fp16_dir)
+
+
+@pytest.fixture(scope="module")
+def reference_windows(tiny_en) -> dict[str, list[tuple[int, np.ndarray, DecodingResult]]]:
+    """clip -> [(seek, mel, the numpy reference's traced result)], computed once for every test here."""
+    out = {}
+    for clip in CLIPS:
+        windows = mel_windows(load_audio(AUDIO_DIR / clip), tiny_en.dims.n_mels)
+        out[clip] = [(seek, mel, tiny_en.decode(mel, trace=True)) for seek, mel in windows]
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fp16_report(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if FP16_REPORT and reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # shown on success too: a report, not a failure message
+            reporter.write_line("")
+            reporter.write_sep("-", "fp16 ONNX (onnxruntime) vs the fp32 reference, tokens per window")
+            for line in FP16_REPORT:
+                reporter.write_line(line)
+
+
+def decode_with(backend, tiny_en, mel: np.ndarray) -> DecodingResult:
+    return Decoder(backend, tiny_en.tokenizer, trace=True).run(backend.encode(mel[None]))
+
+
+def first_disagreement(ref: DecodingResult, other: DecodingResult) -> int | None:
+    """Index of the first sampled position where the two differ (EOT counts), or None."""
+    a, b = ref.tokens + [-1], other.tokens + [-1]  # -1 stands for the EOT / end
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # unequal lengths: handled below
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b)) - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The export's layout
+
+
+OPTIMUM_DECODER_OUTPUTS = ["logits"] + [f"present.{i}.{side}.{kv}" for i in range(4)
+                                        for side in ("decoder", "encoder") for kv in ("key", "value")]
+
+
+def dims_of(value) -> list:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def test_export_has_optimums_names_order_dtypes_and_axes(onnx_fp32_dir: Path) -> None:
+    # Written out from ARCHITECTURE.md's description of a real optimum-onnx export, not from layout.py.
+    models = {p: onnx.load(str(onnx_fp32_dir / f"{p}.onnx"), load_external_data=False) for p in layout.PARTS}
+    for model in models.values():
+        onnx.checker.check_model(model)
+    enc, dec, past = (models[p].graph for p in layout.PARTS)
+    assert [(v.name, dims_of(v)) for v in enc.input] == [("input_features", ["batch_size", 80, 3000])]
+    assert [(v.name, dims_of(v)) for v in enc.output] == [("last_hidden_state", ["batch_size", 1500, 384])]
+    assert [v.name for v in dec.input] == ["input_ids", "encoder_hidden_states"]
+    assert dims_of(dec.input[0]) == ["batch_size", "decoder_sequence_length"]
+    assert dec.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [v.name for v in dec.output] == OPTIMUM_DECODER_OUTPUTS
+    assert dims_of(dec.output[0]) == ["batch_size", "decoder_sequence_length", 51864]
+    assert [v.name for v in past.input] == ["input_ids"] + [f"past_key_values.{n[len('present.'):]}"
+                                                           for n in OPTIMUM_DECODER_OUTPUTS[1:]]
+    assert [v.name for v in past.output] == [n for n in OPTIMUM_DECODER_OUTPUTS if "encoder" not in n]
+    assert dims_of(past.input[1]) == ["batch_size", 6, "past_decoder_sequence_length", 64]
+    assert dims_of(past.input[3]) == ["batch_size", 6, "encoder_sequence_length_out", 64]
+    assert dims_of(past.output[1]) == ["batch_size", 6, "past_decoder_sequence_length + 1", 64]
+    for graph in (enc, dec, past):  # float32 I/O everywhere but input_ids
+        for v in [*graph.input, *graph.output]:
+            want = onnx.TensorProto.INT64 if v.name == "input_ids" else onnx.TensorProto.FLOAT
+            assert v.type.tensor_type.elem_type == want, v.name
+
+
+def test_fp16_export_keeps_layer_norm_and_softmax_in_float32() -> None:
+    models = build_models(small_checkpoint(SMALL), fp16=True)
+    for part, model in models.items():
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        types = {v.name: v.type.tensor_type.elem_type for v in
+                 [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+        types.update({t.name: t.data_type for t in model.graph.initializer})
+        islands = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+        assert islands, part
+        for node in islands:
+            assert all(types[i] == onnx.TensorProto.FLOAT for i in node.input), (part, node.op_type)
+        matmul_weights = [n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in types
+                          and n.input[1].endswith(".weight.T")]
+        assert matmul_weights and all(types[w] == onnx.TensorProto.FLOAT16 for w in matmul_weights), part
+        for v in [*model.graph.input, *model.graph.output]:
+            assert v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64), v.name
+
+
+# ----------------------------------------------------------------------------------------------
+# Random small models: every variant, every engine, against the numpy reference
+
+
+# float32 through different kernels on O(1) activations: ~1e-6 observed; 1e-4 still fails on any wrong
+# position, mask, slot or weight (those move logits by O(0.1)).
+SMALL_ATOL = 1e-4
+
+
+def compare_with_reference(backend, ref: NumpyModel, seed: int, n_start: int, n_steps: int, atol: float) -> None:
+    rng = np.random.default_rng(seed)
+    d = ref.dims
+    mel = rng.standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32)
+    tokens = rng.integers(0, d.n_vocab, n_start + n_steps).tolist()
+    got_f, ref_f = backend.encode(mel), ref.encode(mel)
+    np.testing.assert_allclose(backend.to_numpy(got_f), ref_f, atol=atol)
+    got, kv = backend.prefill(tokens[:n_start], got_f, backend.zero_kv())
+    want, ref_kv = ref.prefill(tokens[:n_start], ref_f, ref.zero_kv())
+    np.testing.assert_allclose(got, want, atol=atol)
+    for t in tokens[n_start:]:
+        (got, present), (want, ref_present) = backend.step(t, kv), ref.step(t, ref_kv)
+        np.testing.assert_allclose(got, want, atol=atol)
+        kv, ref_kv = kvslots.remap_present(kv, present), kvslots.remap_present(ref_kv, ref_present)
+        assert kvslots.shapes([backend.to_numpy(s) for s in kv]) == kvslots.shapes(ref_kv)
+
+
+@st.composite
+def small_dims(draw: st.DrawFn) -> ModelDims:
+    head_dim = draw(st.sampled_from([2, 4]))
+    heads = draw(st.integers(1, 3))
+    n_state = head_dim * heads
+    return ModelDims(n_mels=draw(st.integers(1, 5)), n_audio_ctx=draw(st.integers(1, 6)), n_audio_state=n_state,
+                     n_audio_head=heads, n_audio_layer=draw(st.integers(1, 2)), n_vocab=draw(st.integers(8, 40)),
+                     n_text_ctx=draw(st.integers(5, 12)), n_text_state=n_state, n_text_head=heads,
+                     n_text_layer=draw(st.integers(1, 3)))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(dims=small_dims(), seed=st.integers(0, 2**31), cache_position=st.booleans(), past_ehs=st.booleans(),
+       n_start=st.integers(1, 3))
+def test_ort_equals_reference_on_random_models(tmp_path_factory, dims, seed, cache_position, past_ehs,
+                                               n_start) -> None:
+    checkpoint = small_checkpoint(dims, seed)
+    out = tmp_path_factory.mktemp("variant")
+    export_onnx(checkpoint, out, cache_position=cache_position, past_encoder_hidden_states=past_ehs)
+    backend = OnnxRuntimeBackend(checkpoint, onnx_dir=out)
+    n_steps = min(3, dims.n_text_ctx - n_start)
+    compare_with_reference(backend, NumpyModel(checkpoint), seed, n_start, n_steps, SMALL_ATOL)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real speech: exported fp32 in onnxruntime gives the reference's tokens
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_ort_fp32_tokens_equal_reference(tiny_en, ort_fp32, reference_windows, clip: str) -> None:
+    for seek, mel, ref in reference_windows[clip]:
+        got = decode_with(ort_fp32, tiny_en, mel)
+        where = f"{clip} window at frame {seek}"
+        # Ties would make token equality a matter of luck; there are none on the shared clips.
+        assert min(e.margin for e in ref.events if e.margin is not None) > TIE_MARGIN, where
+        assert got.tokens == ref.tokens, f"{where}: first disagreement at {first_disagreement(ref, got)}"
+        for e_ref, e_got in zip(ref.events, got.events, strict=True):
+            if e_ref.top:  # the filtered top-5 logits, step by step
+                np.testing.assert_allclose([v for _, v in e_got.top], [v for _, v in e_ref.top],
+                                           atol=FP32_LOGIT_ATOL, err_msg=f"{where}, step {e_ref.step}")
+        # Both compute one float32 softmax at the SOT position; 1e-4 catches a wrong position (O(0.01..1)).
+        assert got.no_speech_prob == pytest.approx(ref.no_speech_prob, abs=1e-4)
+
+
+# fp16 weights are exact for tiny.en (stored in fp16), but float16 activations are not: the logits move
+# by ~0.01..0.1. The state machine's choice can flip only where the reference's choice was close; a flip
+# at a gap above this bound means a real bug (a wrong island, a cast in the wrong place), not rounding.
+FP16_MAX_FLIP_GAP = 1.0
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_ort_fp16_compared_and_disagreements_reported(tiny_en, ort_fp16, reference_windows, clip: str) -> None:
+    for seek, mel, ref in reference_windows[clip]:
+        got = decode_with(ort_fp16, tiny_en, mel)
+        i = first_disagreement(ref, got)
+        # The largest top-5 logit difference while the two agree (measured: ~0.02 at most on these clips).
+        agreed = len(ref.events) if i is None else 1 + i  # events[0] is START, events[1 + k] chose token k
+        same = [(r, g) for r, g in zip(ref.events[:agreed], got.events[:agreed], strict=True) if r.top]
+        drift = max((abs(vr - vg) for r, g in same for (_, vr), (_, vg) in zip(r.top, g.top, strict=True)),
+                    default=0.0)
+        if i is None:
+            FP16_REPORT.append(f"equal     {clip} @{seek}: {len(ref.tokens)} tokens, top-5 logits within {drift:.3f}")
+            continue
+        e_ref, e_got = ref.events[1 + i], got.events[1 + i]  # events[0] is START
+        gap = e_ref.margin
+        FP16_REPORT.append(f"DIFFERENT {clip} @{seek}: step {e_ref.step}: reference {e_ref.token} "
+                           f"(gap to 2nd {gap:.3f}), fp16 {e_got.token} (gap {e_got.margin:.3f})")
+        assert gap < FP16_MAX_FLIP_GAP, FP16_REPORT[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# The importer refuses what it cannot run, naming the file and the tensor
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small-optimum")
+    export_onnx(small_checkpoint(SMALL), out)
+    return out
+
+
+def edited_copy(src: Path, dst: Path, part: str, edit) -> Path:
+    dst.mkdir()
+    for p in layout.PARTS:
+        model = onnx.load(str(src / f"{p}.onnx"))
+        if p == part:
+            edit(model.graph)
+        onnx.save(model, str(dst / f"{p}.onnx"))
+    return dst
+
+
+def rename_input(graph, old: str, new: str) -> None:
+    for v in graph.input:
+        if v.name == old:
+            v.name = new
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+
+
+def refusal(checkpoint: Checkpoint, folder: Path) -> str:
+    with pytest.raises(OnnxFolderError) as e:
+        OnnxRuntimeBackend(checkpoint, onnx_dir=folder)
+    return str(e.value)
+
+
+def test_importer_rejects_a_missing_file(small_folder: Path, tmp_path: Path) -> None:
+    folder = edited_copy(small_folder, tmp_path / "f", layout.ENCODER, lambda g: None)
+    (folder / "decoder_with_past_model.onnx").unlink()
+    msg = refusal(small_checkpoint(SMALL), folder)
+    assert "decoder_with_past_model.onnx" in msg and "missing" in msg
+
+
+def test_importer_rejects_a_renamed_input(small_folder: Path, tmp_path: Path) -> None:
+    folder = edited_copy(small_folder, tmp_path / "f", layout.DECODER,
+                         lambda g: rename_input(g, "input_ids", "decoder_input_ids"))
+    msg = refusal(small_checkpoint(SMALL), folder)
+    assert "decoder_model.onnx" in msg and "decoder_input_ids" in msg and "missing: input_ids" in msg
+
+
+def test_importer_rejects_an_extra_input(small_folder: Path, tmp_path: Path) -> None:
+    def add_mask(graph) -> None:
+        graph.input.append(onnx.helper.make_tensor_value_info("attention_mask", onnx.TensorProto.INT64,
+                                                              ["batch_size", "decoder_sequence_length"]))
+
+    folder = edited_copy(small_folder, tmp_path / "f", layout.DECODER_WITH_PAST, add_mask)
+    msg = refusal(small_checkpoint(SMALL), folder)
+    assert "decoder_with_past_model.onnx" in msg and "unexpected input attention_mask" in msg
+
+
+def test_importer_rejects_mismatched_dims(small_folder: Path) -> None:
+    # The folder has 2 heads per decoder layer; a checkpoint with 1 head of dim 8 has the same widths.
+    other = ModelDims(**{**SMALL.as_dict(), "n_text_head": 1, "n_audio_head": 1})
+    msg = refusal(small_checkpoint(other), small_folder)
+    assert re.search(r"decoder_model\.onnx: (input|output) \S+ dim 1 is 2, expected 1 \(n_text_head\)", msg), msg
+    vocab = ModelDims(**{**SMALL.as_dict(), "n_vocab": 21})
+    msg = refusal(small_checkpoint(vocab), small_folder)
+    assert "decoder_model.onnx: output logits dim 2 is 20, expected 21 (n_vocab)" in msg
+
+
+def test_importer_rejects_a_wrong_dtype_from_the_model_file(small_folder: Path, tmp_path: Path) -> None:
+    # The TVM route checks the ModelProto it loaded (signature_from_model), not an onnxruntime session.
+    model = onnx.load(str(small_folder / "decoder_model.onnx"))
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT32
+    with pytest.raises(OnnxFolderError, match=r"decoder_model\.onnx: input input_ids has dtype int32"):
+        check_part(layout.DECODER, small_folder / "decoder_model.onnx", signature_from_model(model), SMALL)
+
+
+# ----------------------------------------------------------------------------------------------
+# The seed, reproduced and fixed
+
+
+def test_seed_pipeline_fails_and_the_state_machine_fixes_it(tiny_en, ort_fp32, reference_windows) -> None:
+    from backends.onnx.seed_demo import DEFAULT_AUDIO, format_report, run_demo
+
+    tok = tiny_en.tokenizer
+    rows, right_start = run_demo(ort_fp32, tok, DEFAULT_AUDIO)
+    seed, seed_start_real_cross, right_start_zero_cross, fixed = rows
+    assert seed.tokens == [tok.no_speech, tok.eot]  # the seed's symptom, exactly
+    assert tok.decode(right_start_zero_cross.tokens).strip() == ""  # zeroed cross K/V alone: nothing heard
+    assert seed_start_real_cross.tokens[0] == tok.sot  # wrong start alone: the model restarts the transcript
+    assert fixed.tokens[:-1] == reference_windows[DEFAULT_AUDIO.name][0][2].tokens  # = the numpy reference
+    assert "ask not what your country can do for you" in tok.decode(fixed.tokens)
+
+    # docs/seed.md quotes this very output; a stale quote fails here.
+    report = format_report(rows, tok, right_start, DEFAULT_AUDIO.name)
+    assert report in (ROOT / "docs" / "seed.md").read_text(), "regenerate with python -m backends.onnx.seed_demo"
+
+
+# ----------------------------------------------------------------------------------------------
+# TVM: the same folders compiled with tvm.relax.frontend.onnx
+
+
+@pytest.fixture(scope="module")
+def tvm_onnx():
+    pytest.importorskip("tvm")
+    from backends.onnx import tvm_onnx
+
+    return tvm_onnx
+
+
+@pytest.mark.parametrize("variant", [{}, {"cache_position": True, "past_encoder_hidden_states": True}],
+                         ids=["optimum-0.1", "cache_position+encoder_hidden_states"])
+def test_tvm_onnx_equals_reference_on_a_small_model(tvm_onnx, tmp_path: Path, variant: dict) -> None:
+    checkpoint = small_checkpoint(SMALL, seed=3)
+    export_onnx(checkpoint, tmp_path / "onnx", **variant)
+    backend = tvm_onnx.TVMOnnxBackend(checkpoint, onnx_dir=tmp_path / "onnx", library_dir=tmp_path / "lib")
+    assert set(backend.compile_seconds) == set(layout.PARTS)  # a fresh library folder: all three compiled
+    compare_with_reference(backend, NumpyModel(checkpoint), 3, n_start=3, n_steps=4, atol=SMALL_ATOL)
+
+
+def test_tvm_onnx_tokens_equal_reference_on_real_speech(tvm_onnx, tiny_en, onnx_fp32_dir, reference_windows,
+                                                        tmp_path_factory) -> None:
+    # TVM's default CPU kernels are unscheduled (~1.7 GFLOP/s): one 30 s window costs ~20 s of encoder
+    # and ~0.25 s per token, so one short clip is checked here; the other clips go through onnxruntime.
+    clip = "speechrecognition_english_one_two_three.wav"
+    backend = tvm_onnx.TVMOnnxBackend(tiny_en.checkpoint, onnx_dir=onnx_fp32_dir,
+                                      library_dir=tmp_path_factory.mktemp("tvm-onnx-lib"))
+    for seek, mel, ref in reference_windows[clip]:
+        got = decode_with(backend, tiny_en, mel)
+        assert got.tokens == ref.tokens, f"{clip} @{seek}: first disagreement at {first_disagreement(ref, got)}"
+
+
+def test_export_onnx_command_writes_the_fp16_folder(tmp_path: Path, capsys) -> None:
+    from backends.onnx.cli import main
+    from reference.weights import save_huggingface
+
+    save_huggingface(small_checkpoint(SMALL), tmp_path / "model")
+    assert main(["export-onnx", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--fp16"]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(layout.file_name(p, fp16=True) for p in layout.PARTS)
+    assert capsys.readouterr().out.count("_fp16.onnx") == 3
+    model = onnx.load(str(tmp_path / "out" / "decoder_model_fp16.onnx"))
+    assert model.graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
