@@ -1,29 +1,48 @@
-"""Side-by-side speed: whisperkv backends and faster-whisper on the same clips, same threads, greedy.
+"""One benchmark for every engine: whisperkv (numpy reference, TVM warm and cold) and faster-whisper.
 
-    python benchmarks/bench.py                      # numpy reference vs faster-whisper fp32 and int8
-    python benchmarks/bench.py --backends numpy tvm --threads 2 --repeat 5
+    python benchmarks/bench.py                                # all engines, all clips, --repeat 3
+    python benchmarks/bench.py --engines tvm fw-fp32 fw-int8 --repeat 5
+    python benchmarks/bench.py --engines tvm --clips jfk       # a quick look at one engine and clip
 
-Every engine gets the same 16 kHz samples (file decoding is not timed), greedy decoding without
-timestamps, no previous-text conditioning, no VAD. Times are the median of --repeat warm runs after
-one untimed warm-up; ratios are against faster-whisper fp32 from the same run.
+Engines: numpy (the reference), tvm (warm cache), tvm-cold (compile into an empty cache), fw-fp32 and
+fw-int8 (faster-whisper, CTranslate2, on the same bundled tiny.en checkpoint).
+Clips: jfk (11 s), lj30 (the first 30 s of the LJSpeech concatenation: one full window), lj50 (all
+50 s of it: two windows).
+
+One run, one process tree: the parent spawns one child process per engine, one after the other, so
+that each child's peak RSS (VmHWM, read at its end) is that engine's alone and no two engines share
+the 2 cores. Every engine gets the same 16 kHz samples (file decoding is not timed), greedy decoding
+(beam 1, temperature 0, no fallback), no timestamps, no previous-text conditioning, no VAD, English,
+and the same thread count (OMP / OpenBLAS / TVM / CTranslate2). Times are the median of --repeat runs
+after one untimed warm-up; ratios are against faster-whisper fp32 and int8 from the same run. The TVM
+and numpy children also time each protocol call: mel, encode (per window), prefill (per window) and
+the median decode step. tvm-cold runs in a child with WHISPERKV_CACHE_DIR set to an empty folder and
+measures import + compile + load, the first-run cost of a new machine. OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE are printed as found and never changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CLIPS = [
-    ("jfk 11 s", "fixtures/audio/jfk_inaugural_whispercpp.wav", None),
-    ("ljspeech 30 s", "fixtures/audio/ljspeech_LJ001-0001_to_0008_concat.wav", 30.0),
-    ("ljspeech 50 s", "fixtures/audio/ljspeech_LJ001-0001_to_0008_concat.wav", None),
-]
+LJ = "fixtures/audio/ljspeech_LJ001-0001_to_0008_concat.wav"
+CLIPS = {  # name -> (label, path, first N seconds or None for all)
+    "jfk": ("JFK 11 s", "fixtures/audio/jfk_inaugural_whispercpp.wav", None),
+    "lj30": ("LJSpeech 30 s", LJ, 30.0),
+    "lj50": ("LJSpeech 50 s", LJ, None),
+}
+ENGINES = ["numpy", "tvm", "tvm-cold", "fw-fp32", "fw-int8"]
+MARK = "@@bench-result "
 
 
 def cpu_name() -> str:
@@ -33,79 +52,271 @@ def cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def timed(fn, repeat: int) -> tuple[float, object]:
-    out = fn()  # warm-up: caches, lazy initialisation, page faults
-    times = []
-    for _ in range(repeat):
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------
+# Child side: one engine
+
+
+class Timed:
+    """A backend proxy that records the wall time of each protocol call (everything else passes through)."""
+
+    def __init__(self, backend) -> None:
+        self._b = backend
+        self.times: dict[str, list[float]] = {"encode": [], "prefill": [], "step": []}
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
+
+    def _t(self, key, fn, *args):
         t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        out = fn(*args)
+        self.times[key].append(time.perf_counter() - t)
+        return out
+
+    def encode(self, mel):
+        return self._t("encode", self._b.encode, mel)
+
+    def prefill(self, tokens, feats, kv):
+        return self._t("prefill", self._b.prefill, tokens, feats, kv)
+
+    def step(self, token, kv):
+        return self._t("step", self._b.step, token, kv)
+
+
+def load_clips(names: list[str]):
+    from reference.audio import SAMPLE_RATE, load_audio
+
+    out = {}
+    for name in names:
+        label, path, seconds = CLIPS[name]
+        audio = load_audio(ROOT / path)
+        out[name] = audio if seconds is None else audio[: int(seconds * SAMPLE_RATE)]
+    return out
+
+
+def whisperkv_runner(backend_name: str):
+    """-> (run(audio) -> (text, tokens), stage times dict, setup info) for a whisperkv backend."""
+    import reference.transcribe as tr
+    from reference import load_model
+
+    t = time.perf_counter()
+    model = load_model(backend=backend_name)
+    setup = {"load_s": time.perf_counter() - t}
+    timed = Timed(model.backend)
+    model.backend = timed
+    stages = timed.times
+    stages["mel"] = []
+    mel_windows = tr.mel_windows
+
+    def timed_mel_windows(*a, **k):
+        t = time.perf_counter()
+        out = mel_windows(*a, **k)
+        stages["mel"].append(time.perf_counter() - t)
+        return out
+
+    tr.mel_windows = timed_mel_windows
+
+    def run(audio):
+        r = model.transcribe(audio, language="en")
+        return r.text, r.tokens
+
+    return run, stages, setup
+
+
+def fw_runner(compute_type: str, threads: int):
+    from faster_whisper import WhisperModel
+
+    from reference.weights import load_checkpoint
+
+    t = time.perf_counter()
+    fw = WhisperModel(str(load_checkpoint().path), device="cpu", compute_type=compute_type, cpu_threads=threads,
+                      num_workers=1)
+    setup = {"load_s": time.perf_counter() - t}
+
+    def run(audio):
+        segs, _ = fw.transcribe(audio, language="en", task="transcribe", beam_size=1, best_of=1, temperature=0.0,
+                                without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
+        return " ".join(s.text.strip() for s in segs).strip(), None
+
+    return run, None, setup
+
+
+def child_cold(threads: int) -> dict:
+    """Import tvm, compile every kernel into the (empty) cache, load the library, bind the weights."""
+    t = time.perf_counter()
+    import backends.tvm as bt
+    from reference.weights import load_checkpoint
+
+    ck = load_checkpoint()
+    bt.TVMBackend(ck, quiet=True)
+    seconds = time.perf_counter() - t
+    n = len(list(Path(os.environ["WHISPERKV_CACHE_DIR"]).glob("*.so")))
+    return {"cold_s": seconds, "libraries": n, "rss_mb": peak_rss_mb()}
+
+
+def child(engine: str, clip_names: list[str], repeat: int, threads: int) -> dict:
+    if engine == "tvm-cold":
+        return child_cold(threads)
+    clips = load_clips(clip_names)
+    if engine in ("numpy", "tvm"):
+        run, stages, setup = whisperkv_runner(engine)
+    else:
+        run, stages, setup = fw_runner({"fw-fp32": "float32", "fw-int8": "int8"}[engine], threads)
+    result = {"setup": setup, "clips": {}}
+    for name, audio in clips.items():
+        run(audio)  # warm-up: caches, lazy initialisation, page faults
+        if stages is not None:
+            for v in stages.values():
+                v.clear()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            text, tokens = run(audio)
+            times.append(time.perf_counter() - t)
+        rec = {"seconds": statistics.median(times), "all": times, "text": text, "tokens": tokens}
+        if stages is not None:
+            med = statistics.median
+            rec["stages"] = {
+                "mel": med(stages["mel"]), "encode": med(stages["encode"]), "prefill": med(stages["prefill"]),
+                "step": med(stages["step"]), "step_mean": statistics.fmean(stages["step"]),
+                "steps": len(stages["step"]) // repeat, "windows": len(stages["encode"]) // repeat,
+            }
+        result["clips"][name] = rec
+    result["rss_mb"] = peak_rss_mb()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent side
+
+
+def spawn(engine: str, args, env: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, "--clips", *args.clips,
+           "--repeat", str(args.repeat), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    raise RuntimeError(f"{engine} child failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backends", nargs="+", default=["numpy"])
+    ap.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--no-peers", action="store_true", help="skip faster-whisper")
+    ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    # Thread counts must be fixed before numpy / tvm start their pools.
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    # Thread counts must be fixed before numpy / tvm / ctranslate2 start their pools; the same for all.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
     sys.path.insert(0, str(ROOT))
 
-    from reference import load_model
-    from reference.audio import SAMPLE_RATE, load_audio
+    if args.child:
+        res = child(args.child, args.clips, args.repeat, args.threads)
+        print(MARK + json.dumps(res), flush=True)
+        return 0
 
-    clips = []
-    for label, path, seconds in DEFAULT_CLIPS:
-        audio = load_audio(ROOT / path)
-        clips.append((label, audio if seconds is None else audio[: int(seconds * SAMPLE_RATE)]))
+    print(f"# CPU: {cpu_name()}; {args.threads} threads for every engine "
+          f"(of {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable); python {platform.python_version()}")
+    print(f"# OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')!r} "
+          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')!r} (as found, not changed)")
+    try:
+        print(f"# load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    except OSError:
+        pass
+    print(f"# medians of {args.repeat} runs after one warm-up; greedy, no timestamps, no conditioning, no VAD",
+          flush=True)
 
-    engines = {}
-    for name in args.backends:
+    env = dict(os.environ)
+    results: dict[str, dict] = {}
+    for engine in args.engines:
         t = time.perf_counter()
-        model = load_model(backend=name)
-        print(f"# loaded backend {name} in {time.perf_counter() - t:.2f} s", flush=True)
-        engines[f"whisperkv {name}"] = lambda audio, m=model: m.transcribe(audio).text
-    if not args.no_peers:
-        try:
-            from faster_whisper import WhisperModel
+        if engine == "tvm-cold":
+            with tempfile.TemporaryDirectory(prefix="whisperkv-cold-") as cache:
+                results[engine] = spawn(engine, args, dict(env, WHISPERKV_CACHE_DIR=cache))
+        else:
+            results[engine] = spawn(engine, args, env)
+        print(f"# {engine}: child done in {time.perf_counter() - t:.1f} s", flush=True)
 
-            from reference.weights import default_model_dir
-
-            for compute_type in ("float32", "int8"):
-                fw = WhisperModel(str(default_model_dir()), device="cpu", compute_type=compute_type,
-                                  cpu_threads=args.threads)
-
-                def run_fw(audio, fw=fw):
-                    segments, _ = fw.transcribe(audio, beam_size=1, temperature=0.0, without_timestamps=True,
-                                                condition_on_previous_text=False, vad_filter=False, language="en")
-                    return "".join(s.text for s in segments).strip()
-
-                engines[f"faster-whisper {compute_type}"] = run_fw
-        except ImportError:
-            print("# faster-whisper not installed: no peer to compare with", flush=True)
-
-    print(f"# machine: {cpu_name()}, {args.threads} threads, python {platform.python_version()}")
-    print(f"# OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r} "
-          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '')!r} (left as found)")
-    header = f"{'clip':<16}{'engine':<26}{'seconds':>9}{'vs fw fp32':>12}  text"
-    print(header)
-    for label, audio in clips:
-        results = {}
-        for engine, fn in engines.items():
-            results[engine] = timed(lambda fn=fn, audio=audio: fn(audio), args.repeat)
-        base = results.get("faster-whisper float32", (None,))[0]
-        for engine, (seconds, text) in results.items():
-            ratio = f"{seconds / base:.2f}x" if base else "-"
-            print(f"{label:<16}{engine:<26}{seconds:>9.3f}{ratio:>12}  {str(text)[:60]}", flush=True)
+    timed = [e for e in args.engines if e != "tvm-cold"]
+    fp32 = results.get("fw-fp32", {}).get("clips", {})
+    int8 = results.get("fw-int8", {}).get("clips", {})
+    ref = results.get("numpy", {}).get("clips", {})
+    print()
+    print(f"{'clip':<15}{'engine':<10}{'seconds':>9}{'min..max':>15}{'/fw fp32':>10}{'/fw int8':>10}  "
+          f"{'=numpy':<7}text")
+    for clip in args.clips:
+        for engine in timed:
+            rec = results[engine]["clips"][clip]
+            s = rec["seconds"]
+            r32 = f"{s / fp32[clip]['seconds']:.2f}x" if clip in fp32 else "-"
+            r8 = f"{s / int8[clip]['seconds']:.2f}x" if clip in int8 else "-"
+            same = "-"
+            if clip in ref and rec.get("tokens") is not None and engine != "numpy":
+                same = "tokens" if rec["tokens"] == ref[clip]["tokens"] else "DIFFER"
+            elif clip in ref and engine != "numpy":
+                same = "text" if rec["text"] == ref[clip]["text"] else "differ"
+            spread = f"{min(rec['all']):.3f}..{max(rec['all']):.3f}"
+            print(f"{CLIPS[clip][0]:<15}{engine:<10}{s:>9.3f}{spread:>15}{r32:>10}{r8:>10}  {same:<7}"
+                  f"{rec['text'][:48]!r}")
+    print()
+    print("full texts (engines with the same text share a line):")
+    for clip in args.clips:
+        groups: dict[str, list[str]] = {}
+        for engine in timed:
+            groups.setdefault(results[engine]["clips"][clip]["text"], []).append(engine)
+        for text, engines in groups.items():
+            print(f"  {CLIPS[clip][0]:<15}{'/'.join(engines):<24}{text!r}")
+    print()
+    print("per stage (ms; encode and prefill per window, step = median decode step):")
+    print(f"{'clip':<15}{'engine':<10}{'mel':>8}{'encode':>9}{'prefill':>9}{'step':>8}{'steps':>7}{'windows':>8}")
+    for clip in args.clips:
+        for engine in timed:
+            st = results[engine]["clips"][clip].get("stages")
+            if st:
+                print(f"{CLIPS[clip][0]:<15}{engine:<10}{st['mel'] * 1e3:>8.1f}{st['encode'] * 1e3:>9.1f}"
+                      f"{st['prefill'] * 1e3:>9.1f}{st['step'] * 1e3:>8.2f}{st['steps']:>7}{st['windows']:>8}")
+    print()
+    print("peak RSS per engine (VmHWM of its own child process; TVM target <= 1.5 GB):")
+    for engine in args.engines:
+        res = results[engine]
+        extra = f"  load {res['setup']['load_s']:.2f} s" if "setup" in res else ""
+        print(f"  {engine:<10}{res['rss_mb']:>8.0f} MB{extra}")
+    if "tvm-cold" in results:
+        c = results["tvm-cold"]
+        print(f"\ncold compile (empty cache, import + compile + load + bind weights): {c['cold_s']:.1f} s "
+              f"(target <= 60 s)")
+    if "tvm" in results and fp32:
+        for clip in args.clips:
+            if clip in fp32 and clip in int8:
+                s = results["tvm"]["clips"][clip]["seconds"]
+                print(f"tvm warm, {CLIPS[clip][0]}: {s / fp32[clip]['seconds']:.2f}x fw fp32 (target <= 0.5), "
+                      f"{s / int8[clip]['seconds']:.2f}x fw int8 (target <= 1.0)")
+    if "numpy" in results and "tvm" in results:
+        bad = [c for c in args.clips if results["tvm"]["clips"][c]["tokens"] != ref[c]["tokens"]]
+        print("tvm tokens equal the numpy reference on every clip" if not bad else f"TOKENS DIFFER on {bad}")
+    try:
+        print(f"# load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    except OSError:
+        pass
     return 0
 
 

@@ -49,6 +49,12 @@ def _trace(args: argparse.Namespace) -> int:
     from .transcribe import load_model
 
     load_audio(args.audio)  # fail on bad audio before loading a model
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("whisperkv: error: --plot needs matplotlib (pip install 'whisperkv[plot]')", file=sys.stderr)
+            return EXIT_BAD_INPUT
     model = load_model(args.model, backend=args.backend)
     windows = _windows(args.audio, model.dims.n_mels, model.dims.n_mel_frames)
     for index, mel in enumerate(windows):
@@ -57,6 +63,17 @@ def _trace(args: argparse.Namespace) -> int:
         for line in format_trace(result.events, model.tokenizer, model.dims.n_text_layer, result.finished):
             print(line)
         print(f"# text: {result.text}")
+        if args.plot and index == 0:
+            from .model import NumpyModel
+            from .plot import cross_attention_map, plot_trace
+
+            # attention weights are not part of the backend protocol: the reference recomputes them
+            # for the tokens the traced backend chose
+            reference = NumpyModel(model.checkpoint)
+            attention = cross_attention_map(reference, result, reference.encode(mel[None]))
+            plot_trace(args.plot, result, attention, model.tokenizer, model.dims.n_text_layer,
+                       title=f"{args.audio}: KV cache per transition (backend {model.backend.name})")
+            print(f"# plot: {args.plot} (first window)")
     return 0
 
 
@@ -146,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("audio")
     tr.add_argument("--backend", default="numpy", choices=available_backends())
     tr.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    tr.add_argument("--plot", default=None, metavar="FILE.png",
+                    help="draw the KV cache growth and each step's cross-attention (needs matplotlib)")
     tr.set_defaults(run=_trace)
 
     v = sub.add_parser("verify", help="run a candidate beside the reference and report the first divergence")

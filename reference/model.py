@@ -85,10 +85,11 @@ def merge_heads(x: np.ndarray) -> np.ndarray:  # [1, n_head, n, head_dim] -> [n,
     return x[0].transpose(1, 0, 2).reshape(n, h * hd)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None = None) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None = None,
+              record: list | None = None) -> np.ndarray:
     # q [1, h, n_q, hd], k/v [1, h, n_kv, hd] -> [1, h, n_q, hd].
     # With q_offset (causal self-attention), query i sits at absolute position q_offset + i and may
-    # only look at keys 0 .. q_offset + i.
+    # only look at keys 0 .. q_offset + i. `record` collects the attention weights (for plots).
     # q k^T / sqrt(d). openai-whisper scales q and k by d^-1/4 each; scaling q alone is the same math
     # and does not rescale the whole cached K at every step.
     scores = (q * np.float32(q.shape[-1] ** -0.5)) @ k.transpose(0, 1, 3, 2)  # [1, h, n_q, n_kv]
@@ -96,7 +97,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None 
         n_q, n_kv = scores.shape[-2:]
         future = np.arange(n_kv)[None, :] > (q_offset + np.arange(n_q))[:, None]  # [n_q, n_kv]
         scores = np.where(future, np.float32(-np.inf), scores)
-    return softmax(scores) @ v
+    probs = softmax(scores)  # [1, h, n_q, n_kv]
+    if record is not None:
+        record.append(probs)
+    return probs @ v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +146,7 @@ def cross_kv(audio: np.ndarray, w: Weights, layer: int, n_head: int) -> tuple[np
 
 def decoder_block(
     x: np.ndarray, w: Weights, layer: int, n_head: int, past_k: np.ndarray, past_v: np.ndarray,
-    cross_k: np.ndarray, cross_v: np.ndarray,
+    cross_k: np.ndarray, cross_v: np.ndarray, record: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # x [n, d], past self K/V [1, h, past, hd], cross K/V [1, h, n_audio_ctx, hd]
     #   -> x [n, d], present self K/V [1, h, past + n, hd]
@@ -157,17 +161,18 @@ def decoder_block(
 
     h = layer_norm(x, w[f"{p}.cross_attn_ln.weight"], w[f"{p}.cross_attn_ln.bias"])
     q = split_heads(linear(h, w[f"{p}.cross_attn.query.weight"], w[f"{p}.cross_attn.query.bias"]), n_head)
-    a = attention(q, cross_k, cross_v)
+    a = attention(q, cross_k, cross_v, record=record)
     x = x + linear(merge_heads(a), w[f"{p}.cross_attn.out.weight"], w[f"{p}.cross_attn.out.bias"])
     return x + mlp(x, w, p), k, v
 
 
 def decode(
     tokens: Sequence[int], kv: list[np.ndarray], w: Weights, dims: ModelDims, all_positions: bool = False,
-    final_ln: bool = True,
+    final_ln: bool = True, cross_record: list | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     # tokens [n], kv: 4 * n_text_layer slots with self length `past`
     #   -> logits [n_vocab] (last position) or [n, n_vocab], present self slots (2 per layer, layer-major)
+    # cross_record, when given, receives each layer's cross-attention weights [1, h, n, n_audio_ctx].
     past = kv[kvslots.slot_index(0, kvslots.SlotKind.SELF_KEY)].shape[2]
     tokens = np.asarray(tokens, dtype=np.int64)
     if past + len(tokens) > dims.n_text_ctx:
@@ -178,7 +183,7 @@ def decode(
         slot = {kind: kv[kvslots.slot_index(i, kind)] for kind in kvslots.SlotKind}
         x, k, v = decoder_block(x, w, i, dims.n_text_head, slot[kvslots.SlotKind.SELF_KEY],
                                 slot[kvslots.SlotKind.SELF_VALUE], slot[kvslots.SlotKind.CROSS_KEY],
-                                slot[kvslots.SlotKind.CROSS_VALUE])
+                                slot[kvslots.SlotKind.CROSS_VALUE], record=cross_record)
         present += [k, v]
     x = x if all_positions else x[-1:]
     if final_ln:  # always, but for the mutant that shows what forgetting it looks like
@@ -218,16 +223,29 @@ class NumpyModel:
         self, tokens: Sequence[int], audio_features: np.ndarray, kv: list[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         # The cross slots of `kv` are placeholders: cross K/V are computed here from the audio.
+        kv = self.with_cross_kv(kv, audio_features)
+        logits, present = decode(tokens, kv, self.weights, self.dims, all_positions=True, final_ln=self.final_ln)
+        return logits, kvslots.remap_present(kv, present)
+
+    def with_cross_kv(self, kv: list[np.ndarray], audio_features: np.ndarray) -> list[np.ndarray]:
+        """A copy of `kv` whose cross slots hold the K/V projections of the audio features."""
         kv = list(kv)
         for i in range(self.dims.n_text_layer):
             k, v = cross_kv(audio_features[0], self.weights, i, self.dims.n_text_head)
             kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_KEY)] = k
             kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_VALUE)] = v
-        logits, present = decode(tokens, kv, self.weights, self.dims, all_positions=True, final_ln=self.final_ln)
-        return logits, kvslots.remap_present(kv, present)
+        return kv
 
     def step(self, token: int, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         return decode([token], kv, self.weights, self.dims, final_ln=self.final_ln)
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x)
+
+    def cross_attention(self, tokens: Sequence[int], audio_features: np.ndarray) -> np.ndarray:
+        """Cross-attention weights of every position over the audio: [n_layer, n_head, n, n_audio_ctx]."""
+        kv = self.with_cross_kv(self.zero_kv(), audio_features)
+        record: list[np.ndarray] = []
+        decode(tokens, kv, self.weights, self.dims, all_positions=True, cross_record=record)
+        return np.concatenate(record, axis=0)
+

@@ -181,3 +181,28 @@ def test_trace_shows_growth_of_self_slots_only() -> None:
         assert f"{n_self} x [1, 6, 1500, 64] stayed" in row  # cross slots never change after prefill
     assert "<|endoftext|>" in steps[-1]
     assert lines[-1].startswith("# text: Go forward")
+
+
+def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from reference.plot import cross_attention_map, kv_growth
+
+    out = tmp_path / "trace.png"
+    p = whisperkv("trace", CLIP, "--plot", out)
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert imread(out).shape[:2] == (800, 1000)  # figsize 10 x 8 inches at 100 dpi
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary left behind
+
+    mel = windows(CLIP)[0]
+    features = tiny_en.backend.encode(mel[None])
+    result = tiny_en.decode(mel, trace=True)
+    attention = cross_attention_map(tiny_en.backend, result, features)
+    assert attention.shape == (len(result.tokens) + 1, tiny_en.dims.n_audio_ctx)  # one row per choice, EOT too
+    # each row is a mean of softmax rows: a distribution over the audio positions (float32 sums: 1e-5)
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+    steps, self_len, cross_len = kv_growth(result, tiny_en.dims.n_text_layer)
+    assert list(self_len) == [0] + list(range(2, 2 + len(result.tokens) + 1))
+    assert list(cross_len) == [tiny_en.dims.n_audio_ctx] * len(steps)

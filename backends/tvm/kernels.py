@@ -218,31 +218,12 @@ def layer_norm(name: str, m: int | tirx.Var, c: int) -> tirx.PrimFunc:
         (m, c), lambda i, j: centred(i, j) / te.sqrt(sq[i] * inv_c + _f(LN_EPS)) * g[j] + b[j], name="out")
     sch = s_tir.Schedule(te.create_prim_func([x, g, b, out]))
     i, j = sch.get_loops(sch.get_sblock("out"))
-    sch.parallel(i)
+    if isinstance(m, int):  # the decoder's few rows take less time than waking the thread pool
+        sch.parallel(i)
     if c % LANES == 0:  # vectors of LANES: a 384-wide "vector" is legal TIR but LLVM spills it
         sch.vectorize(sch.split(j, [None, LANES])[1])
     _schedule_row_reduce(sch, "var", i)
     _schedule_row_reduce(sch, "mean", i)
-    return _finish(sch, name)
-
-
-def softmax_rows(name: str, rows: int, length: int) -> tirx.PrimFunc:
-    """(rows, length) -> (rows, length), rows already masked with -inf where they must be 0."""
-    s = te.placeholder((rows, length), F32, name="s")
-    _, mx = _row_reduce("mx", rows, length, lambda i, j: s[i, j], "max")
-    e = te.compute((rows, length), lambda i, j: fast_exp(s[i, j] - mx[i]), name="e")
-    _, tot = _row_reduce("tot", rows, length, lambda i, j: e[i, j], "sum")
-    out = te.compute((rows, length), lambda i, j: e[i, j] / tot[i], name="out")
-    sch = s_tir.Schedule(te.create_prim_func([s, out]))
-    i, j = sch.get_loops(sch.get_sblock("out"))
-    sch.parallel(i)
-    if length % LANES == 0:
-        sch.vectorize(sch.split(j, [None, LANES])[1])
-    _schedule_row_reduce(sch, "tot", i)
-    sch.compute_at(sch.get_sblock("e"), i)
-    _schedule_row_reduce(sch, "mx", i)
-    if length % LANES == 0:
-        _vectorize_inner(sch, "e", LANES)
     return _finish(sch, name)
 
 
@@ -311,4 +292,90 @@ def decoder_attention(
     if lanes >= 4:
         sch.vectorize(sch.get_loops(sch.get_sblock("part"))[-1])
     sch.decompose_reduction(ob, lj)
+    return _finish(sch, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder attention: every query row against all n_audio_ctx keys, without the full score matrix.
+
+
+def encoder_attention(name: str, T: int, C: int, H: int, D: int, nbt: int = 32, mb: int = 6) -> tirx.PrimFunc:
+    """qkv [T, 3C] (head h of q at columns h*D), keys packed [H, Tp / nbt, D, nbt], values packed
+    [H, D / nbd, Tp, nbd] (Tp: T padded to nbt; padded keys and values are zero) -> [H, T, D].
+
+    Fused per (head, block of mb query rows), in parallel over those blocks: the mb x Tp scores as a
+    register-blocked gemm (scaled; padded keys -inf), the row max, exp, the row sum, then P @ V as a
+    second register-blocked gemm, divided by the row sum on write-back. The score block (mb x Tp) and
+    its exponentials stay in cache: the (H, T, Tp) score matrix is never written to memory.
+    """
+    Tp, Mp, nbd = _ceil_to(T, nbt), _ceil_to(T, mb), nb_for(D)
+    scale = _f(1.0 / math.sqrt(D))
+    q = te.placeholder((T, 3 * C), F32, name="qkv")
+    kp = te.placeholder((H, Tp // nbt, D, nbt), F32, name="kp")
+    vp = te.placeholder((H, D // nbd, Tp, nbd), F32, name="vp")
+
+    def row(i: tirx.Expr) -> tirx.Expr:
+        return tirx.min(i, T - 1) if Mp != T else i
+
+    rd = te.reduce_axis((0, D), name="d")
+    acc = te.compute((H, Mp, Tp), lambda h, i, j: te.sum(q[row(i), h * D + rd] * kp[h, j // nbt, rd, j % nbt], axis=rd),
+                     name="acc")
+    s = te.compute((H, Mp, Tp), lambda h, i, j: tirx.Select(j < T, acc[h, i, j] * scale, _f(-math.inf)), name="s")
+
+    def reduce3(nm: str, value: AFn, combine) -> te.Tensor:
+        # over j, LANES partials first (vectorizable), then the partials
+        rc = te.reduce_axis((0, Tp // LANES), name=nm + "_c")
+        part = te.compute((H, Mp, LANES), lambda h, i, la: combine(value(h, i, rc * LANES + la), axis=rc),
+                          name=nm + "_part")
+        rl = te.reduce_axis((0, LANES), name=nm + "_l")
+        return te.compute((H, Mp), lambda h, i: combine(part[h, i, rl], axis=rl), name=nm)
+
+    mx = reduce3("mx", lambda h, i, j: s[h, i, j], te.max)
+    e = te.compute((H, Mp, Tp), lambda h, i, j: fast_exp(s[h, i, j] - mx[h, i]), name="e")
+    tot = reduce3("tot", lambda h, i, j: e[h, i, j], te.sum)
+    rj = te.reduce_axis((0, Tp), name="j")
+    o = te.compute((H, Mp, D), lambda h, i, dd: te.sum(e[h, i, rj] * vp[h, dd // nbd, rj, dd % nbd], axis=rj),
+                   name="o")
+    out = te.compute((H, T, D), lambda h, i, dd: o[h, i, dd] / tot[h, i], name="out")
+
+    sch = s_tir.Schedule(te.create_prim_func([q, kp, vp, out]))
+    lh, li, ld = sch.get_loops(sch.get_sblock("out"))
+    io, _ = sch.split(li, [None, mb])
+    outer = sch.fuse(lh, io)
+    sch.parallel(outer)
+    if D % LANES == 0:
+        _vectorize_inner(sch, "out", LANES)
+    for blk in ("o", "tot", "tot_part", "e", "mx", "mx_part", "s"):
+        sch.compute_at(sch.get_sblock(blk), outer)
+    # scores: s over (jo, ii, ji) with the mb x nbt accumulator tile computed under jo
+    sb = sch.get_sblock("s")
+    ii, j = sch.get_loops(sb)[-2:]
+    jo, ji = sch.split(j, [None, nbt])
+    sch.reorder(jo, ii, ji)
+    sch.vectorize(ji)
+    ab = sch.get_sblock("acc")
+    sch.compute_at(ab, jo)
+    a_ii, a_ji, a_d = sch.get_loops(ab)[-3:]
+    sch.reorder(a_d, a_ii, a_ji)
+    sch.unroll(a_ii)
+    sch.vectorize(a_ji)
+    sch.decompose_reduction(ab, a_d)
+    _vectorize_inner(sch, "acc_init")
+    sch.set_scope(ab, 0, "local")
+    # row reductions and exp: LANES-wide vectors
+    for nm in ("mx", "tot"):
+        part = sch.get_sblock(nm + "_part")
+        la, c = sch.get_loops(part)[-2:]
+        sch.reorder(c, la)
+        sch.vectorize(sch.get_loops(part)[-1])
+    _vectorize_inner(sch, "e", LANES)
+    # P @ V: (ddo, j, ii, ddi) with an mb x nbd accumulator tile
+    ob = sch.get_sblock("o")
+    o_ii, o_dd, o_j = sch.get_loops(ob)[-3:]
+    ddo, ddi = sch.split(o_dd, [None, nbd])
+    sch.reorder(ddo, o_j, o_ii, ddi)
+    sch.unroll(o_ii)
+    sch.vectorize(ddi)
+    sch.decompose_reduction(ob, o_j)
+    _vectorize_inner(sch, "o_init")
     return _finish(sch, name)

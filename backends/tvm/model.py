@@ -19,16 +19,16 @@ into the parameter lists below; `param_specs` is the matching contract the libra
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, s_tir, te, tirx
 
 from reference.dims import ModelDims
 
 from . import kernels as K
+from .kernels import _vectorize_inner
 
 F32 = "float32"
 Arr = np.ndarray
@@ -320,45 +320,22 @@ class _Graph:
         return self.linear(h, w2, b2, T, 4 * C, C, residual=x)
 
     def self_attention_full(self, qkv, T: int, C: int, H: int, D: int) -> relax.Expr:
-        """Encoder attention as two gemms around a row softmax: [T, 3C] -> [H, T, D].
+        """Encoder attention: [T, 3C] -> [H, T, D], one fused kernel (kernels.encoder_attention).
 
-        Keys are padded to Tp (a multiple of the column block) so the score gemm has no tail; the
-        padded columns are -inf before the softmax and so exactly 0 after it.
+        Keys are padded to Tp (a multiple of the 32-key block) so the score tile has no tail; the
+        padded columns are -inf before the softmax and so exactly 0 after it. The (H, T, Tp) score
+        matrix is never materialized: each block of query rows keeps its scores in cache.
         """
         nbt = 32
         Tp = -(-T // nbt) * nbt
         nbd = K.nb_for(D)
-        # K as packed "weights" of the score gemm: [H, Tp / nbt, D, nbt]; V for the P @ V gemm: [H, D / nbd, Tp, nbd]
+        # K as the packed right operand of the score tile: [H, Tp / nbt, D, nbt]; V for P @ V: [H, D / nbd, Tp, nbd]
         kp = self.call(f"pack_keys_{T}x{C}", lambda: _pack_heads(T, Tp, C, H, D, nbt, C, transpose=True),
                        [qkv], _tensor([H, Tp // nbt, D, nbt]))
         vp = self.call(f"pack_values_{T}x{C}", lambda: _pack_heads(T, Tp, C, H, D, nbd, 2 * C, transpose=False),
                        [qkv], _tensor([H, D // nbd, Tp, nbd]))
-        scale = 1.0 / math.sqrt(D)
-
-        def scores() -> tirx.PrimFunc:
-            q = te.placeholder((T, 3 * C), F32, name="qkv")
-            k = te.placeholder((H, Tp // nbt, D, nbt), F32, name="kp")
-            return K.gemm(
-                f"attn_scores_{T}x{C}", [q, k], H, T, Tp, D,
-                lambda h, i, j: q[i, h * D + j], lambda h, j, dd: k[h, j // nbt, dd, j % nbt],
-                lambda h, i, j, acc: tirx.Select(j < T, acc * K._f(scale), K._f(-math.inf)), nbt,
-                batched_output=True)
-
-        s = self.call(f"attn_scores_{T}x{C}", scores, [qkv, kp], _tensor([H, T, Tp]))
-        s2 = self.reshape(s, [H * T, Tp])
-        p = self.call(f"softmax_{H * T}x{Tp}", lambda: K.softmax_rows(f"softmax_{H * T}x{Tp}", H * T, Tp),
-                      [s2], _tensor([H * T, Tp]))
-        p3 = self.reshape(p, [H, T, Tp])
-
-        def pv() -> tirx.PrimFunc:
-            pr = te.placeholder((H, T, Tp), F32, name="p")
-            v = te.placeholder((H, D // nbd, Tp, nbd), F32, name="vp")
-            return K.gemm(
-                f"attn_pv_{T}x{C}", [pr, v], H, T, D, Tp,
-                lambda h, i, j: pr[h, i, j], lambda h, dd, j: v[h, dd // nbd, j, dd % nbd],
-                lambda h, i, dd, acc: acc, nbd, batched_output=True)
-
-        return self.call(f"attn_pv_{T}x{C}", pv, [p3, vp], _tensor([H, T, D]))
+        name = f"encoder_attention_{T}x{C}"
+        return self.call(name, lambda: K.encoder_attention(name, T, C, H, D, nbt), [qkv, kp, vp], _tensor([H, T, D]))
 
     # -- cross K/V ---------------------------------------------------------------------------
 
@@ -447,7 +424,12 @@ def build_module(cfg: ModelConfig) -> tvm.IRModule:
     g.build_encode()
     g.build_cross_kv()
     g.build_decode()
-    return g.bb.get()
+    mod = g.bb.get()
+    # Upper bounds of the decoder's symbolic lengths let StaticPlanBlockMemory plan every intermediate of
+    # `decode` once, instead of allocating ~60 tensors per step.
+    ctx = cfg.dims.n_text_ctx
+    mod["decode"] = mod["decode"].with_attr("tir_var_upper_bound", {"n": ctx, "p": ctx})
+    return mod
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,8 +437,6 @@ def build_module(cfg: ModelConfig) -> tvm.IRModule:
 
 
 def _parallel_outer(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    from tvm import s_tir
-
     sch = s_tir.Schedule(func)
     sch.parallel(sch.get_loops(sch.get_sblock("out"))[0])
     return sch.mod["main"].with_attr("global_symbol", name)
@@ -502,7 +482,10 @@ def _append_kv(C: int, H: int, D: int, off: int) -> tirx.PrimFunc:
     qkv = te.placeholder((n, 3 * C), F32, name="qkv")
     out = te.compute((1, H, p + n, D), lambda _z, h, j, dd: te.if_then_else(
         j < p, past[0, h, tirx.min(j, p - 1), dd], qkv[tirx.max(j - p, 0), off + h * D + dd]), name="out")
-    return te.create_prim_func([past, qkv, out]).with_attr("global_symbol", f"append_kv_{C}_{'k' if off == C else 'v'}")
+    sch = s_tir.Schedule(te.create_prim_func([past, qkv, out]))
+    if D % K.LANES == 0:  # a copy of the whole past each step: one vector per LANES floats, not a scalar loop
+        _vectorize_inner(sch, "out", K.LANES)
+    return K._finish(sch, f"append_kv_{C}_{'k' if off == C else 'v'}")
 
 
 def _embed(C: int, n_ctx: int, H: int, D: int, vb: int, wd: str) -> tirx.PrimFunc:
