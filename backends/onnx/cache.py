@@ -15,17 +15,10 @@ from pathlib import Path
 
 from reference.weights import Checkpoint
 
+from ..cache import cache_dir
 from . import layout
 
 _EXPORTER_SOURCES = ("export.py", "layout.py")
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("WHISPERKV_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "whisperkv"
 
 
 def source_hash(names: tuple[str, ...] = _EXPORTER_SOURCES) -> str:

@@ -30,30 +30,24 @@ from typing import Any
 
 import numpy as np
 
-try:  # the native TVM backend's thread setup, when it is importable; the same rule otherwise
-    from backends.tvm import threads as _threads  # noqa: F401
-except Exception:  # noqa: BLE001 - a half-built sibling backend must not break this one
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+# isort: off
+# backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
+from backends.tvm import threads as _threads  # noqa: F401
+from backends.tvm.compile import host_target  # the host CPU by name, as for the native backend
+import onnx
+import tvm
+from onnx import numpy_helper
+from tvm import relax
+# isort: on
 
-import onnx  # noqa: E402
-import tvm  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
-from tvm import relax  # noqa: E402
-
-from reference.dims import ModelDims  # noqa: E402
-from reference.weights import Checkpoint  # noqa: E402
+from reference.dims import ModelDims
+from reference.weights import Checkpoint
 
 from .cache import cache_dir, exported_folder  # noqa: E402
 from .folder import PartBinding, check_part, find_files, signature_from_model  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
 
 LIBRARY_FORMAT = 1  # bump when the way libraries are built or called changes
-
-
-def host_target() -> tvm.target.Target:
-    """The host CPU by name ("-mcpu=native" is rejected by TVM 0.27), with the cores TVM will use."""
-    cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
-    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": cores})
 
 
 def specialize(model: onnx.ModelProto, dims: ModelDims) -> onnx.ModelProto:

@@ -26,6 +26,7 @@ from tvm import relax  # noqa: E402
 
 from reference.dims import ModelDims
 
+from ..cache import cache_dir
 from . import threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
 from .model import ModelConfig, build_module
 
@@ -39,14 +40,6 @@ class LibraryMismatchError(RuntimeError):
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
     cores = num_cores or threads.n_threads()
     return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": cores})
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("WHISPERKV_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "whisperkv"
 
 
 def _source_hash() -> str:
