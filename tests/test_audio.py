@@ -176,6 +176,15 @@ def test_mel_windows_on_the_50s_clip(clips: dict[str, np.ndarray]) -> None:
     assert (full[:, content + 3 :] == full.min()).all() and full.min() < -0.4
 
 
+def test_mel_windows_equal_the_30_s_padded_log_mel_on_every_clip(clips: dict[str, np.ndarray]) -> None:
+    # mel_windows pads n_fft zeros instead of transcribe()'s 30 s: the frames it uses must not change.
+    for name, audio in clips.items():
+        content = len(audio) // HOP_LENGTH
+        full = log_mel_spectrogram(audio, padding=N_SAMPLES)[:, :content]
+        ours = np.concatenate([w for _, w in mel_windows(audio)], axis=1)[:, :content]
+        assert np.array_equal(ours, full), name
+
+
 def test_mel_windows_use_the_global_floor() -> None:
     """A loud first half raises the floor of a quiet second window: windows are cut from one log-mel,
     not computed per window (what ARCHITECTURE.md says changes tokens on real clips)."""
