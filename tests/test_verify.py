@@ -206,3 +206,14 @@ def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) 
     steps, self_len, cross_len = kv_growth(result, tiny_en.dims.n_text_layer)
     assert list(self_len) == [0] + list(range(2, 2 + len(result.tokens) + 1))
     assert list(cross_len) == [tiny_en.dims.n_audio_ctx] * len(steps)
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_onnxruntime_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
+    pytest.importorskip("onnxruntime")
+    from backends import get_backend
+
+    candidate = get_backend("onnxruntime", tiny_en.checkpoint)  # the fp32 Optimum export, cached
+    report = verify(reference, candidate, tiny_en.tokenizer, tiny_en.checkpoint, windows(AUDIO_DIR / clip))
+    assert report.agree, (report.first_divergence, report.diagnosis)
+    assert report.ties == 0
