@@ -7,8 +7,6 @@ mutant whose numbers the candidate reproduces names the likely bug. One definiti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import numpy as np
 
 from . import kv as kvslots
@@ -17,24 +15,31 @@ from .tokenizer import Tokenizer
 from .weights import Checkpoint
 
 
-class WrongStartSequence(NumpyModel):
+class Mutant(NumpyModel):
+    """A NumpyModel with one deliberate bug; `cause` and `explanation` are what verify reports."""
+
+    cause = ""
+    explanation = ""
+
+    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer | None = None) -> None:
+        super().__init__(checkpoint)
+        self.tokenizer = tokenizer
+
+
+class WrongStartSequence(Mutant):
     """Ignores the start sequence it is given and starts from <|endoftext|> alone (the seed's 50257)."""
 
     cause = "wrong start sequence"
     explanation = ("the decoder was started from <|endoftext|> alone: <|startoftranscript|> (and language/task/"
                    "<|notimestamps|>) must come from the tokenizer, looked up by name")
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer) -> None:
-        super().__init__(checkpoint)
-        self.start = [tokenizer.eot]
-
     def prefill(self, tokens, audio_features, kv):
-        logits, kv = super().prefill(self.start, audio_features, kv)
+        logits, kv = super().prefill([self.tokenizer.eot], audio_features, kv)
         # report as many rows as asked, so the machine can go on: the last row is what matters
         return np.repeat(logits[-1:], len(tokens), axis=0), kv
 
 
-class ZeroCrossKV(NumpyModel):
+class ZeroCrossKV(Mutant):
     """Reads the zero-filled cross slots it was given instead of computing K/V from the audio."""
 
     cause = "cross K/V left zero"
@@ -46,7 +51,7 @@ class ZeroCrossKV(NumpyModel):
         return logits, kvslots.remap_present(kv, present)
 
 
-class CrossFromWrongInput(NumpyModel):
+class CrossFromWrongInput(Mutant):
     """Projects the audio with the self-attention's key/value weights instead of the cross-attention's."""
 
     cause = "cross K/V computed from the wrong input"
@@ -60,7 +65,7 @@ class CrossFromWrongInput(NumpyModel):
         return NumpyModel((self.dims, w)).prefill(tokens, audio_features, kv)
 
 
-class SwappedPresentSlots(NumpyModel):
+class SwappedPresentSlots(Mutant):
     """Returns each layer's present value before its key: the self slots are remapped to the wrong indices."""
 
     cause = "self slots remapped to the wrong indices"
@@ -72,7 +77,7 @@ class SwappedPresentSlots(NumpyModel):
         return logits, [present[i ^ 1] for i in range(len(present))]
 
 
-class PresentNotAppended(NumpyModel):
+class PresentNotAppended(Mutant):
     """Returns only the new position as the present self K/V, dropping the past."""
 
     cause = "self slots not appended"
@@ -83,20 +88,20 @@ class PresentNotAppended(NumpyModel):
         return logits, [p[:, :, -1:] for p in present]
 
 
-class PositionOffByOne(NumpyModel):
+class PositionOffByOne(Mutant):
     """Adds the learned positional embedding of position p + 1 at position p."""
 
     cause = "positional offset off by one"
     explanation = "the decoder's positional embedding is read one row late (position p gets row p + 1)"
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        super().__init__(checkpoint)
+    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer | None = None) -> None:
+        super().__init__(checkpoint, tokenizer)
         w = dict(self.weights)
         w["decoder.positional_embedding"] = np.roll(w["decoder.positional_embedding"], -1, axis=0)
         self.weights = w
 
 
-class MissingFinalLayerNorm(NumpyModel):
+class MissingFinalLayerNorm(Mutant):
     """Projects the last hidden state onto the vocabulary without the decoder's final layer norm."""
 
     cause = "missing final layer norm"
@@ -105,7 +110,7 @@ class MissingFinalLayerNorm(NumpyModel):
     final_ln = False
 
 
-class Fp16Overflow(NumpyModel):
+class Fp16Overflow(Mutant):
     """Stores the self-attention values in float16 after a scale that exceeds its range (65504)."""
 
     cause = "fp16 overflow"
@@ -119,53 +124,33 @@ class Fp16Overflow(NumpyModel):
         return logits, present
 
 
-class EotIgnored(NumpyModel):
+class EotIgnored(Mutant):
     """Never lets <|endoftext|> win: decoding runs on to the budget."""
 
     cause = "EOT ignored"
     explanation = "<|endoftext|> was suppressed or ignored where the reference ends the transcript"
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer) -> None:
-        super().__init__(checkpoint)
-        self.eot = tokenizer.eot
-
     def step(self, token, kv):
         logits, present = super().step(token, kv)
         logits = logits.copy()
-        logits[self.eot] = -np.inf
+        logits[self.tokenizer.eot] = -np.inf
         return logits, present
 
 
-MutantFactory = Callable[[Checkpoint, Tokenizer], NumpyModel]
-
-
-def _plain(cls: type[NumpyModel]) -> MutantFactory:
-    return lambda checkpoint, tokenizer: cls(checkpoint)
-
-
-def _with_tokenizer(cls) -> MutantFactory:
-    return lambda checkpoint, tokenizer: cls(checkpoint, tokenizer)
-
-
-MUTANTS: dict[str, tuple[type[NumpyModel], MutantFactory]] = {
-    "wrong_start": (WrongStartSequence, _with_tokenizer(WrongStartSequence)),
-    "zero_cross": (ZeroCrossKV, _plain(ZeroCrossKV)),
-    "cross_wrong_input": (CrossFromWrongInput, _plain(CrossFromWrongInput)),
-    "swapped_slots": (SwappedPresentSlots, _plain(SwappedPresentSlots)),
-    "not_appended": (PresentNotAppended, _plain(PresentNotAppended)),
-    "position_off_by_one": (PositionOffByOne, _plain(PositionOffByOne)),
-    "no_final_ln": (MissingFinalLayerNorm, _plain(MissingFinalLayerNorm)),
-    "fp16_overflow": (Fp16Overflow, _plain(Fp16Overflow)),
-    "eot_ignored": (EotIgnored, _with_tokenizer(EotIgnored)),
+MUTANTS: dict[str, type[Mutant]] = {
+    "wrong_start": WrongStartSequence,
+    "zero_cross": ZeroCrossKV,
+    "cross_wrong_input": CrossFromWrongInput,
+    "swapped_slots": SwappedPresentSlots,
+    "not_appended": PresentNotAppended,
+    "position_off_by_one": PositionOffByOne,
+    "no_final_ln": MissingFinalLayerNorm,
+    "fp16_overflow": Fp16Overflow,
+    "eot_ignored": EotIgnored,
 }
 
 
-def make_mutant(name: str, checkpoint: Checkpoint, tokenizer: Tokenizer) -> NumpyModel:
-    cls, factory = MUTANTS[name]
-    mutant = factory(checkpoint, tokenizer)
+def make_mutant(name: str, checkpoint: Checkpoint, tokenizer: Tokenizer) -> Mutant:
+    mutant = MUTANTS[name](checkpoint, tokenizer)
     mutant.name = f"mutant:{name}"
     return mutant
-
-
-def causes() -> Sequence[str]:
-    return [cls.cause for cls, _ in MUTANTS.values()]

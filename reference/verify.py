@@ -230,7 +230,7 @@ def diagnose(lockstep: Lockstep, stage: Stage, context: dict, checkpoint: Checkp
         scores[name] = _match(m_logits, m_kv, context["cand_logits"], context["cand_kv"], lockstep)
     best = min(scores, key=scores.get)
     if scores[best] <= lockstep.tol.relative:
-        cls = MUTANTS[best][0]
+        cls = MUTANTS[best]
         return Diagnosis(cls.cause, cls.explanation,
                          f"{stage.stage} {stage.step}: {stage.reason}; the candidate reproduces the "
                          f"'{best}' mutant within {scores[best]:.2g} (relative)")
@@ -248,18 +248,18 @@ def _match(m_logits: np.ndarray, m_kv: list, cand_logits, cand_kv, lockstep: Loc
 def _fallback(stage: Stage) -> Diagnosis:
     """No mutant reproduces the candidate: read the evidence directly."""
     if stage.nonfinite:
-        cls = MUTANTS["fp16_overflow"][0]
+        cls = MUTANTS["fp16_overflow"]
         return Diagnosis(cls.cause, cls.explanation, f"{stage.stage} {stage.step}: {stage.reason}")
     shapes_ref, shapes_cand = stage.ref_slot_shapes, stage.cand_slot_shapes
     for i, (r, c) in enumerate(zip(shapes_ref, shapes_cand, strict=False)):
         layer, kind = kvslots.slot_of(i)
         if kind.is_self and r != c and len(c) == 4 and c[2] < r[2]:
-            cls = MUTANTS["not_appended"][0]
+            cls = MUTANTS["not_appended"]
             return Diagnosis(cls.cause, cls.explanation, f"slot {i} holds {c[2]} positions, the reference {r[2]}")
     if stage.stage == "prefill":
         cross = [i for i in range(len(stage.slot_max_abs)) if not kvslots.slot_of(i)[1].is_self]
         if any(stage.slot_max_abs[i] is None or stage.slot_max_abs[i] > 0 for i in cross):
-            cls = MUTANTS["cross_wrong_input"][0]
+            cls = MUTANTS["cross_wrong_input"]
             return Diagnosis(cls.cause, cls.explanation, stage.reason)
     return Diagnosis("unknown", "the candidate diverges in a way none of the classic causes explains", stage.reason)
 
