@@ -16,13 +16,15 @@ BACKENDS: dict[str, str] = {
 
 
 def get_backend(name: str, checkpoint: Any, **options: Any) -> Any:
+    from reference.registry import BackendUnavailable
+
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+        raise BackendUnavailable(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
     module_name, factory = BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"backend {name!r} needs a package that is not installed: {e}") from e
+        raise BackendUnavailable(f"backend {name!r} needs a package that is not installed: {e}") from e
     return getattr(module, factory)(checkpoint, **options)
 
 
@@ -36,7 +38,9 @@ def open_folder(path: Any, checkpoint: Any) -> Any:
 
     folder = Path(path)
     if not any(folder.glob("*.onnx")):
-        raise ValueError(f"{folder}: no *.onnx files: expected an Optimum ONNX export "
+        from reference.registry import BackendUnavailable
+
+        raise BackendUnavailable(f"{folder}: no *.onnx files: expected an Optimum ONNX export "
                          "(encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx)")
     if any(folder.glob("*.so")):
         return get_backend("tvm-onnx", checkpoint, onnx_dir=folder, library_dir=folder)

@@ -8,11 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from .audio import AudioError, load_audio
+from .registry import BackendUnavailable
 from .tokenizer import TokenizerError
 from .weights import CheckpointError
 
 EXIT_BAD_INPUT = 2
-_INPUT_ERRORS = (AudioError, CheckpointError, TokenizerError, FileNotFoundError)
+_INPUT_ERRORS = (AudioError, CheckpointError, TokenizerError, BackendUnavailable, FileNotFoundError)
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -87,11 +88,7 @@ def _verify(args: argparse.Namespace) -> int:
     load_audio(args.audio)
     checkpoint = load_checkpoint(args.model)
     tokenizer = Tokenizer(checkpoint.tokenizer_path, multilingual=checkpoint.dims.is_multilingual)
-    try:
-        candidate = resolve_candidate(args.candidate, checkpoint, tokenizer)
-    except ValueError as e:
-        print(f"whisperkv: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    candidate = resolve_candidate(args.candidate, checkpoint, tokenizer)
     windows = _windows(args.audio, checkpoint.dims.n_mels, checkpoint.dims.n_mel_frames)
     report = verify(NumpyModel(checkpoint), candidate, tokenizer, checkpoint, windows, audio=args.audio,
                     tolerance=Tolerance(relative=args.tolerance))

@@ -9,6 +9,10 @@ from .backend import Backend
 from .weights import Checkpoint
 
 
+class BackendUnavailable(ValueError):
+    """A backend that cannot be created here (unknown name, or its optional package is not installed)."""
+
+
 def available_backends() -> list[str]:
     names = ["numpy"]
     try:
@@ -26,7 +30,7 @@ def create_backend(name: str, checkpoint: Checkpoint, **options: Any) -> Backend
     try:
         backends = importlib.import_module("backends")
     except ImportError as e:
-        raise ValueError(f"backend {name!r} is not available: {e}") from e
+        raise BackendUnavailable(f"backend {name!r} is not available: {e}") from e
     return backends.get_backend(name, checkpoint, **options)
 
 
@@ -45,27 +49,27 @@ def resolve_candidate(spec: str, checkpoint: Checkpoint, tokenizer: Any) -> Back
 
         name = spec.split(":", 1)[1]
         if name not in MUTANTS:
-            raise ValueError(f"unknown mutant {name!r} (known: {', '.join(MUTANTS)})")
+            raise BackendUnavailable(f"unknown mutant {name!r} (known: {', '.join(MUTANTS)})")
         return make_mutant(name, checkpoint, tokenizer)
     if spec.startswith("python:"):
         parts = spec.split(":")
         if len(parts) != 3:
-            raise ValueError(f"--candidate {spec!r}: expected python:MODULE:FACTORY")
+            raise BackendUnavailable(f"--candidate {spec!r}: expected python:MODULE:FACTORY")
         try:
             module = importlib.import_module(parts[1])
         except ImportError as e:
-            raise ValueError(f"--candidate {spec!r}: cannot import {parts[1]} ({e})") from e
+            raise BackendUnavailable(f"--candidate {spec!r}: cannot import {parts[1]} ({e})") from e
         factory = getattr(module, parts[2], None)
         if factory is None:
-            raise ValueError(f"--candidate {spec!r}: {parts[1]} has no {parts[2]}")
+            raise BackendUnavailable(f"--candidate {spec!r}: {parts[1]} has no {parts[2]}")
         return factory(checkpoint)
     if Path(spec).is_dir():
         try:
             open_folder = importlib.import_module("backends").open_folder
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"{spec}: no installed backend opens folders ({e})") from e
+            raise BackendUnavailable(f"{spec}: no installed backend opens folders ({e})") from e
         return open_folder(spec, checkpoint)
     if spec in available_backends():
         return create_backend(spec, checkpoint)
-    raise ValueError(f"--candidate {spec!r}: not a backend name ({', '.join(available_backends())}), "
+    raise BackendUnavailable(f"--candidate {spec!r}: not a backend name ({', '.join(available_backends())}), "
                      "mutant:NAME, python:MODULE:FACTORY or a folder")

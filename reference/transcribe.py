@@ -44,6 +44,12 @@ class Transcript:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __getitem__(self, key: str) -> Any:
+        """openai-whisper's idiom: `model.transcribe("a.wav")["text"]`."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
 
 class Whisper:
     """A loaded checkpoint, its tokenizer and one backend: `load_model().transcribe("a.wav")`."""

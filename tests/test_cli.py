@@ -35,7 +35,7 @@ def test_json_output_for_a_long_file_matches_the_api(tiny_en) -> None:
     assert lj["tokens"] == lj["windows"][0]["tokens"] + lj["windows"][1]["tokens"]
     assert tiny_en.tokenizer.eot not in lj["tokens"] and tiny_en.tokenizer.sot not in lj["tokens"]
     api = tiny_en.transcribe(JFK)
-    assert lines[1]["tokens"] == api.tokens and lines[1]["text"] == api.text
+    assert lines[1]["tokens"] == api.tokens and lines[1]["text"] == api.text == api["text"]
     assert lines[1]["no_speech_prob"] == pytest.approx(api.no_speech_prob, abs=0)
 
 

@@ -70,12 +70,25 @@ def gelu(x: tirx.Expr) -> tirx.Expr:
     return _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(1.0 / math.sqrt(2.0))))
 
 
-def nb_for(n: int) -> int:
-    """Output-column block of a packed weight: 32 (two AVX-512 vectors) when it divides n."""
-    for nb in (32, 16, 8, 4, 2):
-        if n % nb == 0:
+def nb_for(n: int, widest: int = 32) -> int:
+    """Output-column block of a packed weight: `widest` (64: four AVX-512 vectors, or 32) when it divides n."""
+    for nb in (64, 32, 16, 8, 4, 2):
+        if nb <= widest and n % nb == 0:
             return nb
     return 1
+
+
+L2_W_BYTES = 600 * 1024  # the weight columns a static gemm keeps in L2 while it sweeps over all rows
+
+
+def n_chunk(n: int, k: int, nb: int, itemsize: int = 4) -> int:
+    """Columns per sweep of a static gemm: the widest multiple of nb dividing n whose k x columns
+    slice of the packed weight fits L2_W_BYTES (at least nb)."""
+    best = nb
+    for c in range(nb, n + 1, nb):
+        if n % c == 0 and c * k * itemsize <= L2_W_BYTES:
+            best = c
+    return best
 
 
 def _ceil_to(x: int, m: int) -> int:
@@ -121,8 +134,8 @@ def gemm(
 ) -> tirx.PrimFunc:
     """A register-blocked gemm with a fused epilogue.
 
-    Static m (encoder, cross K/V): mb x nb tiles, parallel over (batch, m tiles, n tiles); m is padded
-    to a multiple of mb by clamping the A row (the extra rows are computed and dropped), because a
+    Static m (encoder, cross K/V): mb x nb tiles, serial over chunks of columns whose weights fit L2,
+    parallel over m tiles within a chunk (see n_chunk); m is padded to a multiple of mb by clamping the A row (the extra rows are computed and dropped), because a
     predicated tail inside the k loop costs ~20x. Symbolic m (decoder: a few tokens): parallel over
     n blocks, one row at a time: a streaming gemv that reads each weight once per row.
     The output is (batch, m, n), or (m, n) when batch == 1 unless batched_output.
@@ -150,14 +163,19 @@ def gemm(
     blk = sch.get_sblock("acc")
     lb, lm, ln, lk = sch.get_loops(blk)
     if static_m:
+        # Serial sweeps over chunks of nc columns (their packed weights stay in L2), each sweep
+        # parallel over row tiles (each thread's rows of A stay in its L2 across sweeps); inside a row
+        # tile, the nc / nb column blocks reuse the tile's A rows from L1. One mb x nb accumulator
+        # tile in registers (6 x 64: 24 of the 32 AVX-512 registers).
+        nc = n_chunk(n, k, nb)
         mo, mi = sch.split(lm, [None, mb])
-        no, ni = sch.split(ln, [None, nb])
-        sch.reorder(lb, no, mo, lk, mi, ni)
-        outer = sch.fuse(lb, no, mo)
-        sch.parallel(outer)
+        nco, no, ni = sch.split(ln, [None, nc // nb, nb])
+        sch.reorder(lb, nco, mo, no, lk, mi, ni)
+        sch.fuse(lb, nco)
+        sch.parallel(mo)
         sch.unroll(mi)
         sch.vectorize(ni)
-        sch.reverse_compute_at(sch.get_sblock("out"), outer)
+        sch.reverse_compute_at(sch.get_sblock("out"), no)
     else:
         no, ni = sch.split(ln, [None, nb])
         sch.reorder(lb, no, lm, lk, ni)
