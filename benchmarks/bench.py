@@ -5,7 +5,13 @@
     python benchmarks/bench.py --engines tvm --clips jfk       # a quick look at one engine and clip
 
 Engines: numpy (the reference), tvm (warm cache), tvm-cold (compile into an empty cache), fw-fp32 and
-fw-int8 (faster-whisper, CTranslate2, on the same bundled tiny.en checkpoint).
+fw-int8 (faster-whisper, CTranslate2, on the same bundled tiny.en checkpoint); the Optimum ONNX route:
+onnxruntime (the fp32 export run by onnxruntime) with onnxruntime-cold (export + sessions into an empty
+cache), and, only when asked for, tvm-onnx and tvm-onnx-cold (the same files imported by
+tvm.relax.frontend.onnx with TVM's unscheduled kernels: about 100x slower than the native backend):
+
+    python benchmarks/bench.py --engines tvm tvm-cold onnxruntime onnxruntime-cold tvm-onnx tvm-onnx-cold \
+        --clips jfk --repeat 1
 Clips: jfk (11 s), lj30 (the first 30 s of the LJSpeech concatenation: one full window), lj50 (all
 50 s of it: two windows).
 
@@ -41,7 +47,10 @@ CLIPS = {  # name -> (label, path, first N seconds or None for all)
     "lj30": ("LJSpeech 30 s", LJ, 30.0),
     "lj50": ("LJSpeech 50 s", LJ, None),
 }
-ENGINES = ["numpy", "tvm", "tvm-cold", "fw-fp32", "fw-int8"]
+WHISPERKV = ["numpy", "tvm", "onnxruntime", "tvm-onnx"]  # whisperkv backends, by their registry names
+COLD = {f"{name}-cold": name for name in ("tvm", "onnxruntime", "tvm-onnx")}  # first use, empty cache
+ENGINES = [*WHISPERKV, *COLD, "fw-fp32", "fw-int8"]
+DEFAULT_ENGINES = ["numpy", "tvm", "tvm-cold", "onnxruntime", "onnxruntime-cold", "fw-fp32", "fw-int8"]
 MARK = "@@bench-result "
 
 
@@ -156,24 +165,24 @@ def fw_runner(compute_type: str, threads: int):
     return run, None, setup
 
 
-def child_cold(threads: int) -> dict:
-    """Import tvm, compile every kernel into the (empty) cache, load the library, bind the weights."""
-    t = time.perf_counter()
-    import backends.tvm as bt
+def child_cold(engine: str) -> dict:
+    """A backend's first use on a new machine: import, export / compile into the (empty) cache, load."""
+    from backends import get_backend
     from reference.weights import load_checkpoint
 
-    ck = load_checkpoint()
-    bt.TVMBackend(ck, quiet=True)
+    checkpoint = load_checkpoint()  # not timed: every engine pays it
+    t = time.perf_counter()
+    get_backend(COLD[engine], checkpoint)
     seconds = time.perf_counter() - t
-    n = len(list(Path(os.environ["WHISPERKV_CACHE_DIR"]).glob("*.so")))
+    n = len(list(Path(os.environ["WHISPERKV_CACHE_DIR"]).rglob("*.so")))
     return {"cold_s": seconds, "libraries": n, "rss_mb": peak_rss_mb()}
 
 
 def child(engine: str, clip_names: list[str], repeat: int, threads: int) -> dict:
-    if engine == "tvm-cold":
-        return child_cold(threads)
+    if engine in COLD:
+        return child_cold(engine)
     clips = load_clips(clip_names)
-    if engine in ("numpy", "tvm"):
+    if engine in WHISPERKV:
         run, stages, setup = whisperkv_runner(engine)
     else:
         run, stages, setup = fw_runner({"fw-fp32": "float32", "fw-int8": "int8"}[engine], threads)
@@ -217,7 +226,7 @@ def spawn(engine: str, args, env: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    ap.add_argument("--engines", nargs="+", default=DEFAULT_ENGINES, choices=ENGINES)
     ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeat", type=int, default=3)
@@ -249,19 +258,19 @@ def main() -> int:
     results: dict[str, dict] = {}
     for engine in args.engines:
         t = time.perf_counter()
-        if engine == "tvm-cold":
+        if engine in COLD:
             with tempfile.TemporaryDirectory(prefix="whisperkv-cold-") as cache:
                 results[engine] = spawn(engine, args, dict(env, WHISPERKV_CACHE_DIR=cache))
         else:
             results[engine] = spawn(engine, args, env)
         print(f"# {engine}: child done in {time.perf_counter() - t:.1f} s", flush=True)
 
-    timed = [e for e in args.engines if e != "tvm-cold"]
+    timed = [e for e in args.engines if e not in COLD]
     fp32 = results.get("fw-fp32", {}).get("clips", {})
     int8 = results.get("fw-int8", {}).get("clips", {})
     ref = results.get("numpy", {}).get("clips", {})
     print()
-    print(f"{'clip':<15}{'engine':<10}{'seconds':>9}{'min..max':>15}{'/fw fp32':>10}{'/fw int8':>10}  "
+    print(f"{'clip':<15}{'engine':<12}{'seconds':>9}{'min..max':>15}{'/fw fp32':>10}{'/fw int8':>10}  "
           f"{'=numpy':<7}text")
     for clip in args.clips:
         for engine in timed:
@@ -275,7 +284,7 @@ def main() -> int:
             elif clip in ref and engine != "numpy":
                 same = "text" if rec["text"] == ref[clip]["text"] else "differ"
             spread = f"{min(rec['all']):.3f}..{max(rec['all']):.3f}"
-            print(f"{CLIPS[clip][0]:<15}{engine:<10}{s:>9.3f}{spread:>15}{r32:>10}{r8:>10}  {same:<7}"
+            print(f"{CLIPS[clip][0]:<15}{engine:<12}{s:>9.3f}{spread:>15}{r32:>10}{r8:>10}  {same:<7}"
                   f"{rec['text'][:48]!r}")
     print()
     print("full texts (engines with the same text share a line):")
@@ -287,32 +296,33 @@ def main() -> int:
             print(f"  {CLIPS[clip][0]:<15}{'/'.join(engines):<24}{text!r}")
     print()
     print("per stage (ms; encode and prefill per window, step = median decode step):")
-    print(f"{'clip':<15}{'engine':<10}{'mel':>8}{'encode':>9}{'prefill':>9}{'step':>8}{'steps':>7}{'windows':>8}")
+    print(f"{'clip':<15}{'engine':<12}{'mel':>8}{'encode':>9}{'prefill':>9}{'step':>8}{'steps':>7}{'windows':>8}")
     for clip in args.clips:
         for engine in timed:
             st = results[engine]["clips"][clip].get("stages")
             if st:
-                print(f"{CLIPS[clip][0]:<15}{engine:<10}{st['mel'] * 1e3:>8.1f}{st['encode'] * 1e3:>9.1f}"
+                print(f"{CLIPS[clip][0]:<15}{engine:<12}{st['mel'] * 1e3:>8.1f}{st['encode'] * 1e3:>9.1f}"
                       f"{st['prefill'] * 1e3:>9.1f}{st['step'] * 1e3:>8.2f}{st['steps']:>7}{st['windows']:>8}")
     print()
     print("peak RSS per engine (VmHWM of its own child process; TVM target <= 1.5 GB):")
     for engine in args.engines:
         res = results[engine]
         extra = f"  load {res['setup']['load_s']:.2f} s" if "setup" in res else ""
-        print(f"  {engine:<10}{res['rss_mb']:>8.0f} MB{extra}")
-    if "tvm-cold" in results:
-        c = results["tvm-cold"]
-        print(f"\ncold compile (empty cache, import + compile + load + bind weights): {c['cold_s']:.1f} s "
-              f"(target <= 60 s)")
+        print(f"  {engine:<16}{res['rss_mb']:>8.0f} MB{extra}")
+    for engine in [e for e in args.engines if e in COLD]:
+        c = results[engine]
+        print(f"{engine}: first use with an empty cache (import + export/compile + load + bind weights): "
+              f"{c['cold_s']:.1f} s" + (" (target <= 60 s)" if engine == "tvm-cold" else ""))
     if "tvm" in results and fp32:
         for clip in args.clips:
             if clip in fp32 and clip in int8:
                 s = results["tvm"]["clips"][clip]["seconds"]
                 print(f"tvm warm, {CLIPS[clip][0]}: {s / fp32[clip]['seconds']:.2f}x fw fp32 (target <= 0.5), "
                       f"{s / int8[clip]['seconds']:.2f}x fw int8 (target <= 1.0)")
-    if "numpy" in results and "tvm" in results:
-        bad = [c for c in args.clips if results["tvm"]["clips"][c]["tokens"] != ref[c]["tokens"]]
-        print("tvm tokens equal the numpy reference on every clip" if not bad else f"TOKENS DIFFER on {bad}")
+    for engine in [e for e in timed if e in WHISPERKV and e != "numpy" and ref]:
+        bad = [c for c in args.clips if results[engine]["clips"][c]["tokens"] != ref[c]["tokens"]]
+        print(f"{engine} tokens equal the numpy reference on every clip" if not bad
+              else f"{engine}: TOKENS DIFFER on {bad}")
     try:
         print(f"# load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     except OSError:
