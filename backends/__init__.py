@@ -31,17 +31,29 @@ def get_backend(name: str, checkpoint: Any, **options: Any) -> Any:
 def open_folder(path: Any, checkpoint: Any) -> Any:
     """A folder of model files -> the backend that runs it (`whisperkv verify --candidate FOLDER`).
 
-    An Optimum ONNX export runs in onnxruntime; the same folder holding TVM libraries (*.so, as compiled by
-    the tvm-onnx backend into that folder) runs through TVM.
+    - An Optimum ONNX export (*.onnx) runs in onnxruntime; the same folder also holding TVM libraries (*.so,
+      as compiled by the tvm-onnx backend into that folder) runs through TVM.
+    - A folder of compiled libraries and no *.onnx (encoder_model.so, decoder_model.so,
+      decoder_with_past_model.so, or their *_fp16.so; weights embedded, as the seed built them) runs
+      through TVM's Relax VM, bound by the libraries' own parameter names (backends/onnx/tvm_libs.py).
     """
     from pathlib import Path
 
-    folder = Path(path)
-    if not any(folder.glob("*.onnx")):
-        from reference.registry import BackendUnavailable
+    from reference.registry import BackendUnavailable
 
-        raise BackendUnavailable(f"{folder}: no *.onnx files: expected an Optimum ONNX export "
-                         "(encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx)")
+    folder = Path(path)
+    if any(folder.glob("*.onnx")):
+        if any(folder.glob("*.so")):
+            return get_backend("tvm-onnx", checkpoint, onnx_dir=folder, library_dir=folder)
+        return get_backend("onnxruntime", checkpoint, onnx_dir=folder)
     if any(folder.glob("*.so")):
-        return get_backend("tvm-onnx", checkpoint, onnx_dir=folder, library_dir=folder)
-    return get_backend("onnxruntime", checkpoint, onnx_dir=folder)
+        try:
+            from backends.onnx.tvm_libs import TVMLibraryFolderBackend
+        except ImportError as e:
+            raise BackendUnavailable(f"{folder}: a folder of compiled libraries needs TVM, which is not "
+                                     f"installed: {e}") from e
+        return TVMLibraryFolderBackend(checkpoint, folder)
+    raise BackendUnavailable(f"{folder}: no *.onnx and no *.so files: expected an Optimum ONNX export "
+                             "(encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx) or those "
+                             "three compiled by TVM (encoder_model.so, decoder_model.so, "
+                             "decoder_with_past_model.so)")

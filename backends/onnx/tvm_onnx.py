@@ -84,7 +84,12 @@ def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target)
         mod = from_onnx(model, keep_params_in_input=True)
     mod, _ = detach_params(mod)  # the weights are passed at run time
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    executable = tvm.compile(mod, target)
+    write_library(tvm.compile(mod, target), path)
+    return time.perf_counter() - t0
+
+
+def write_library(executable: Any, path: Path) -> None:
+    """export_library to a temporary name beside `path`, then rename: a reader never sees half a library."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.so", dir=path.parent)
     os.close(fd)
@@ -94,7 +99,6 @@ def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return time.perf_counter() - t0
 
 
 def weights_of(model: onnx.ModelProto, device: Any) -> list[Any]:

@@ -1,0 +1,271 @@
+"""A folder of TVM libraries, one per Optimum graph, and no ONNX beside them: the seed's own files.
+
+    compile_seed_style_folder(checkpoint, "libs/")       # encoder_model.so, decoder_model.so, ...
+    TVMLibraryFolderBackend(checkpoint, "libs/")         # runs them through the backend protocol
+    whisperkv verify AUDIO --candidate libs/             # backends.open_folder picks this backend
+
+The seed's user compiled each Optimum model "the plain way": `from_onnx(model)` (the weights folded into
+the graph as constants), `tvm.compile(mod, target)`, `export_library`. Such a library carries no ONNX
+and no weights file, so everything this backend knows about a graph comes from the library itself:
+
+- Inputs are bound BY NAME. TVM 0.27's Relax VM exports `get_function_arity` and
+  `get_function_param_name` (python/tvm/runtime/vm.py binds them as `_get_function_arity` /
+  `_get_function_param_name`): main's parameters are the graph inputs under the names from_onnx gave them.
+  from_onnx sanitizes names by default (`past_key_values.0.decoder.key` -> `past_key_values_0_decoder_key`,
+  `_sanitize_name` in relax/frontend/onnx); a library built with `sanitize_input_names=False` keeps the
+  ONNX names: both are accepted. The Optimum variant (cache_position; encoder_hidden_states kept in
+  decoder_with_past) is read off those names. A parameter that is no Optimum input (weights compiled as
+  parameters with `keep_params_in_input=True`, or another model) is refused, naming the file and the name.
+- Only if a runtime exposes no names does binding fall back to Optimum's documented input order
+  (layout.inputs), with the variant read off the arity; an ambiguous arity is refused rather than guessed.
+- Outputs have no names in a compiled library: main returns a tuple in the ONNX graph's output order, which
+  for an Optimum export is layout.outputs. Every call checks the output count and each output's shape
+  against ModelDims, and names the file and the tensor when they differ. (Shapes cannot tell a key from a
+  value of the same layer; `whisperkv verify` can.)
+- Dims are not recorded in a library either: a library of other dims fails on its first call, with the
+  file named.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# isort: off
+# backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
+from backends.tvm import threads as _threads  # noqa: F401
+from backends.tvm.compile import host_target
+import onnx
+import tvm
+from tvm import relax
+# isort: on
+
+from reference.dims import ModelDims
+from reference.weights import Checkpoint
+
+from . import layout
+from .export import export_onnx
+from .folder import OnnxFolderError, PartBinding, TensorInfo, find_files
+from .protocol import OptimumBackend
+from .tvm_onnx import specialize, write_library
+
+SUFFIX = ".so"
+
+
+def library_name(part: str, fp16: bool = False) -> str:
+    return f"{part}_fp16{SUFFIX}" if fp16 else f"{part}{SUFFIX}"
+
+
+def find_libraries(folder: str | os.PathLike, fp16: bool | None = None) -> dict[str, Path]:
+    """part -> path of encoder_model.so, decoder_model.so, decoder_with_past_model.so (`_fp16.so` with fp16).
+
+    fp16=None takes the plain names when any of them is there, else the `_fp16` ones.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OnnxFolderError(f"{folder}: no such folder (expected a folder of compiled Optimum libraries)")
+    if fp16 is None:
+        fp16 = not any((folder / library_name(p)).is_file() for p in layout.PARTS) and any(
+            (folder / library_name(p, True)).is_file() for p in layout.PARTS)
+    paths = {part: folder / library_name(part, fp16) for part in layout.PARTS}
+    for path in paths.values():
+        if not path.is_file():
+            names = ", ".join(library_name(p, fp16) for p in layout.PARTS)
+            raise OnnxFolderError(f"{path}: missing (a folder of compiled Optimum Whisper libraries has {names})")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a seed-style folder
+
+
+def compile_embedded(model: onnx.ModelProto, path: Path, target: Any = None) -> float:
+    """The plain way: from_onnx with the weights as constants, tvm.compile, export_library (atomically)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # one "Renaming name a.b to a_b" per dotted tensor name
+        warnings.simplefilter("ignore", UserWarning)
+        mod = from_onnx(model)
+    write_library(tvm.compile(mod, target or host_target()), path)
+    return time.perf_counter() - t0
+
+
+def compile_seed_style_folder(checkpoint: Checkpoint, out_dir: str | os.PathLike, fp16: bool = False,
+                              target: Any = None, cache_position: bool = False,
+                              past_encoder_hidden_states: bool = False) -> dict[str, float]:
+    """Export the checkpoint's three Optimum models (to a temporary folder) and compile each to
+    `out_dir/{part}.so` (`{part}_fp16.so` with fp16) with its weights embedded; no .onnx is left beside
+    them. The graph inputs are specialised first (batch 1, encoder length n_audio_ctx): Optimum's
+    "encoder_sequence_length / 2" axis is an expression TVM cannot compute from any input.
+    Returns part -> seconds to compile."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="whisperkv-onnx-") as tmp:
+        export_onnx(checkpoint, tmp, fp16=fp16, cache_position=cache_position,
+                    past_encoder_hidden_states=past_encoder_hidden_states)
+        for part, path in find_files(tmp, fp16).items():
+            model = specialize(onnx.load(str(path)), checkpoint.dims)
+            seconds[part] = compile_embedded(model, out / library_name(part, fp16), target)
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# Binding a library's parameters
+
+
+def relax_name(onnx_name: str) -> str:
+    """The parameter name from_onnx gives a graph input by default (its `_sanitize_name`)."""
+    name = onnx_name.replace(".", "_")
+    return name if name[:1].isalpha() or name[:1] == "_" else "input_" + name
+
+
+def param_names(vm: relax.VirtualMachine, function: str = "main") -> list[str] | None:
+    """main's parameter names as the library records them, or None where the runtime does not say."""
+    try:
+        arity = int(vm.module["get_function_arity"](function))
+        get_name = vm.module["get_function_param_name"]
+        return [str(get_name(function, i)) for i in range(arity)]
+    except (AttributeError, KeyError, RuntimeError, ValueError, TypeError):
+        return None
+
+
+def function_arity(vm: relax.VirtualMachine, function: str = "main") -> int | None:
+    try:
+        return int(vm.module["get_function_arity"](function))
+    except (AttributeError, KeyError, RuntimeError, ValueError, TypeError):
+        return None
+
+
+def _info(spec: layout.TensorSpec, dims: ModelDims) -> TensorInfo:
+    shape = tuple(getattr(dims, w) if w and isinstance(s, str) else s
+                  for s, w in zip(spec.shape, spec.what or ("",) * len(spec.shape), strict=True))
+    return TensorInfo(spec.name, "int64" if spec.dtype == "int64" else "float32", shape)
+
+
+def bind_by_name(part: str, path: Path, params: Sequence[str], dims: ModelDims) -> list[str]:
+    """main's parameter names -> the Optimum input names in parameter order; refuses anything else."""
+    every = layout.inputs(part, dims, cache_position=True, past_encoder_hidden_states=part == layout.DECODER_WITH_PAST)
+    known = {s.name: s.name for s in every} | {relax_name(s.name): s.name for s in every}
+    unknown = [p for p in params if p not in known]
+    if unknown:
+        optional = ", ".join(layout.OPTIONAL_INPUTS.get(part, ())) or "-"
+        required = [s.name for s in layout.inputs(part, dims)]
+        raise OnnxFolderError(
+            f"{path}: main takes parameter {unknown[0]!r}"
+            + (f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + f", which is no input of an Optimum {part} of these dims (inputs: {', '.join(required)}; "
+            f"optional: {optional}). A library built with weights as parameters (keep_params_in_input=True) "
+            "needs its weights at run time; this backend runs libraries with the weights embedded.")
+    names = [known[p] for p in params]
+    missing = [s.name for s in layout.inputs(part, dims) if s.name not in names]
+    if missing:
+        raise OnnxFolderError(f"{path}: main has no parameter {missing[0]}"
+                              + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+                              + f": not an Optimum {part} of these dims")
+    return names
+
+
+def bind_by_order(part: str, path: Path, arity: int | None, dims: ModelDims) -> list[str]:
+    """No names: Optimum's documented input order, the variant chosen by the arity (refused if ambiguous)."""
+    if arity is None:
+        raise OnnxFolderError(f"{path}: this TVM runtime reports neither the names nor the number of main's "
+                              "parameters: cannot bind its inputs")
+    variants: dict[int, set[tuple[str, ...]]] = {}
+    for cache_position in (False, True):
+        for past_ehs in (False, True):
+            specs = layout.inputs(part, dims, cache_position=cache_position, past_encoder_hidden_states=past_ehs)
+            variants.setdefault(len(specs), set()).add(tuple(s.name for s in specs))
+    fits = sorted(variants.get(arity, ()))
+    if len(fits) != 1:
+        counts = ", ".join(str(n) for n in sorted(variants))
+        why = ("several Optimum variants have that many inputs and the library does not name them" if fits
+               else f"an Optimum {part} of these dims takes {counts}")
+        raise OnnxFolderError(f"{path}: main takes {arity} parameters: {why}")
+    return list(fits[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend
+
+
+class TVMLibraryFolderBackend(OptimumBackend):
+    name = "tvm-libs"
+
+    def __init__(self, checkpoint: Checkpoint, folder: str | os.PathLike, fp16: bool | None = None) -> None:
+        dims = checkpoint.dims
+        self.folder, self.device = Path(folder), tvm.cpu()
+        self.vms: dict[str, relax.VirtualMachine] = {}
+        self.order: dict[str, list[str]] = {}  # part -> Optimum input names in main's parameter order
+        self.bound_by: dict[str, str] = {}  # part -> "name" or "order"
+        bindings: dict[str, PartBinding] = {}
+        for part, path in find_libraries(self.folder, fp16).items():
+            try:
+                vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
+            except Exception as e:  # noqa: BLE001 - any loader failure: say which file
+                raise OnnxFolderError(f"{path}: not a TVM Relax library this runtime can load ({e})") from e
+            names = param_names(vm)
+            if names is not None:
+                self.order[part], self.bound_by[part] = bind_by_name(part, path, names, dims), "name"
+            else:
+                self.order[part], self.bound_by[part] = bind_by_order(part, path, function_arity(vm), dims), "order"
+            specs = {s.name: s for s in layout.inputs(part, dims, cache_position=True,
+                                                     past_encoder_hidden_states=True)}
+            inputs = {n: _info(specs[n], dims) for n in self.order[part]}
+            outputs = {s.name: _info(s, dims) for s in layout.outputs(part, dims)}
+            bindings[part] = PartBinding(part, path, inputs, outputs)
+            self.vms[part] = vm
+        super().__init__(dims, bindings)
+
+    @property
+    def variant(self) -> dict[str, bool]:
+        """The Optimum variant the libraries were exported as (read off main's parameters)."""
+        return {"cache_position": self.bindings[layout.DECODER].takes("cache_position"),
+                "past_encoder_hidden_states": self.bindings[layout.DECODER_WITH_PAST].takes("encoder_hidden_states")}
+
+    def _native(self, x: np.ndarray) -> Any:
+        return tvm.runtime.tensor(x, self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.numpy()
+
+    def _expected_shapes(self, part: str, feeds: dict[str, Any]) -> list[tuple[int, ...]]:
+        d = self.dims
+        n = int(feeds["input_ids"].shape[1]) if "input_ids" in feeds else 0
+        past = int(feeds["past_key_values.0.decoder.key"].shape[2]) if part == layout.DECODER_WITH_PAST else 0
+        sizes = {"batch_size": 1, "decoder_sequence_length": n, "past_decoder_sequence_length + 1": past + 1}
+        shapes = []
+        for spec in layout.outputs(part, d):
+            what = spec.what or ("",) * len(spec.shape)
+            shapes.append(tuple(s if isinstance(s, int) else getattr(d, w) if w else sizes[s]
+                                for s, w in zip(spec.shape, what, strict=True)))
+        return shapes
+
+    def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[Any]:
+        path = self.bindings[part].path
+        try:
+            result = self.vms[part]["main"](*(feeds[name] for name in self.order[part]))
+        except Exception as e:  # noqa: BLE001 - the VM checks each argument's dtype and shape on entry
+            raise OnnxFolderError(f"{path}: the library refused its inputs "
+                                  f"({', '.join(self.order[part])}): {e}") from e
+        specs = layout.outputs(part, self.dims)
+        result = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)  # one output, or an Array
+        if len(result) != len(specs):
+            raise OnnxFolderError(f"{path}: main returned {len(result)} outputs, an Optimum {part} of these dims "
+                                  f"returns {len(specs)} ({specs[0].name}, then "
+                                  f"{len(specs) - 1} present.* tensors, n_text_layer = {self.dims.n_text_layer})")
+        for i, (spec, got, want) in enumerate(zip(specs, result, self._expected_shapes(part, feeds), strict=True)):
+            if tuple(got.shape) != want:
+                raise OnnxFolderError(f"{path}: output {i} (Optimum's {spec.name}) has shape {list(got.shape)}, "
+                                      f"expected {list(want)}: compiled for other dims, or outputs out of order")
+        by_name = {spec.name: r for spec, r in zip(specs, result, strict=True)}
+        return [by_name[name] for name in outputs]
+

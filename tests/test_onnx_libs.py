@@ -1,0 +1,144 @@
+"""A folder of compiled TVM libraries and no ONNX (the seed's own files): built from a checkpoint, opened by
+`whisperkv verify --candidate FOLDER`, bound by the libraries' parameter names, refused when incomplete.
+
+The small folders use random weights of tiny dims but tiny.en's vocabulary (so the real tokenizer and the
+state machine's filters apply): each compiles in ~2 s per library. One test runs the CLI on a real
+tiny.en seed-style folder: ~15 s to compile and ~25 s to verify one short clip, most of it TVM's
+unscheduled encoder kernels (~20 s per 30 s window); it is the case the project exists for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reference.dims import ModelDims
+from reference.model import NumpyModel
+from reference.registry import BackendUnavailable, resolve_candidate
+from reference.tokenizer import Tokenizer
+from reference.verify import verify
+from reference.weights import Checkpoint, default_model_dir, random_weights
+
+from .conftest import AUDIO_DIR
+from .test_onnx import SMALL_ATOL, compare_with_reference
+
+pytest.importorskip("onnx")
+pytest.importorskip("tvm")
+
+from backends import open_folder  # noqa: E402
+from backends.onnx import layout, tvm_libs  # noqa: E402
+from backends.onnx.folder import OnnxFolderError  # noqa: E402
+
+# tiny dims, tiny.en's vocabulary; n_text_ctx 16 -> verify samples at most 8 tokens per window
+DIMS = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2, n_vocab=51864,
+                 n_text_ctx=16, n_text_state=8, n_text_head=2, n_text_layer=2)
+SEED = 5
+
+
+def checkpoint(dims: ModelDims = DIMS, seed: int = SEED) -> Checkpoint:
+    return Checkpoint(dims, random_weights(dims, seed), Path("/nonexistent"), "float32", "random")
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seed-style-libs")
+    seconds = tvm_libs.compile_seed_style_folder(checkpoint(), out)
+    assert set(seconds) == set(layout.PARTS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer(default_model_dir() / "tokenizer.json", multilingual=False)
+
+
+def test_the_folder_holds_three_libraries_and_no_onnx(libs: Path) -> None:
+    assert sorted(p.name for p in libs.iterdir()) == sorted(tvm_libs.library_name(p) for p in layout.PARTS)
+
+
+def test_verify_finds_no_divergence_in_a_seed_style_folder(libs: Path, tokenizer: Tokenizer) -> None:
+    ck = checkpoint()
+    candidate = resolve_candidate(str(libs), ck, tokenizer)  # the CLI's route: a folder -> open_folder
+    assert isinstance(candidate, tvm_libs.TVMLibraryFolderBackend)
+    assert set(candidate.bound_by.values()) == {"name"}  # TVM 0.27 records main's parameter names
+    assert candidate.variant == {"cache_position": False, "past_encoder_hidden_states": False}
+    rng = np.random.default_rng(SEED)
+    windows = [rng.standard_normal((DIMS.n_mels, DIMS.n_mel_frames)).astype(np.float32) for _ in range(2)]
+    report = verify(NumpyModel(ck), candidate, tokenizer, ck, windows)
+    assert report.agree, (report.first_divergence, report.diagnosis)
+    assert report.ties == 0 and report.first_divergence is None
+    assert report.steps > 0  # the comparison went past prefill
+    # not vacuous: the weights are embedded in the libraries, so another checkpoint's reference disagrees
+    other = checkpoint(seed=SEED + 1)
+    report = verify(NumpyModel(other), candidate, tokenizer, other, windows)
+    assert not report.agree and report.first_divergence.stage == "encode"
+
+
+def test_the_variant_is_read_off_the_parameter_names(tmp_path: Path) -> None:
+    ck = checkpoint(seed=7)
+    tvm_libs.compile_seed_style_folder(ck, tmp_path, fp16=True, cache_position=True, past_encoder_hidden_states=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(tvm_libs.library_name(p, True) for p in layout.PARTS)
+    backend = open_folder(tmp_path, ck)
+    assert backend.variant == {"cache_position": True, "past_encoder_hidden_states": True}
+    # fp16 weights inside: compared with the fp32 reference at fp16's precision
+    compare_with_reference(backend, NumpyModel(ck), 7, n_start=2, n_steps=3, atol=2e-2)
+
+
+def test_without_names_inputs_bind_in_optimums_order(libs: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tvm_libs, "param_names", lambda vm, function="main": None)
+    backend = tvm_libs.TVMLibraryFolderBackend(checkpoint(), libs)
+    assert set(backend.bound_by.values()) == {"order"}
+    compare_with_reference(backend, NumpyModel(checkpoint()), SEED, n_start=3, n_steps=3, atol=SMALL_ATOL)
+
+
+def test_without_names_an_ambiguous_arity_is_refused(tmp_path: Path) -> None:
+    # decoder_with_past with one optional input: encoder_hidden_states or cache_position? Not guessed.
+    with pytest.raises(OnnxFolderError, match=r"decoder_with_past_model\.so: main takes 10 parameters: several"):
+        tvm_libs.bind_by_order(layout.DECODER_WITH_PAST, tmp_path / "decoder_with_past_model.so", 10, DIMS)
+
+
+def test_a_folder_missing_a_library_is_refused_naming_it(libs: Path, tmp_path: Path, tokenizer: Tokenizer) -> None:
+    for part in (layout.ENCODER, layout.DECODER):
+        shutil.copy(libs / tvm_libs.library_name(part), tmp_path)
+    with pytest.raises(OnnxFolderError, match=r"decoder_with_past_model\.so: missing"):
+        resolve_candidate(str(tmp_path), checkpoint(), tokenizer)
+
+
+def test_a_folder_with_neither_onnx_nor_libraries_is_refused(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    with pytest.raises(BackendUnavailable, match=r"no \*\.onnx and no \*\.so"):
+        resolve_candidate(str(tmp_path), checkpoint(), tokenizer)
+
+
+def test_libraries_of_other_dims_are_refused_naming_file_and_tensor(libs: Path) -> None:
+    # one decoder layer fewer: decoder_with_past's main takes past_key_values.1.*, which such a model lacks
+    fewer = dataclasses.replace(DIMS, n_text_layer=1)
+    with pytest.raises(OnnxFolderError, match=r"decoder_with_past_model\.so: main takes parameter "
+                                               r"'past_key_values_1_decoder_key' \(\+3 more\)"):
+        tvm_libs.TVMLibraryFolderBackend(checkpoint(fewer), libs)
+    # another vocabulary: nothing at load time says so; the first logits do, and the file is named
+    other = tvm_libs.TVMLibraryFolderBackend(checkpoint(), libs)
+    other.dims = dataclasses.replace(DIMS, n_vocab=51865)
+    features = other.encode(np.zeros((1, DIMS.n_mels, DIMS.n_mel_frames), np.float32))
+    with pytest.raises(OnnxFolderError, match=r"decoder_model\.so: output 0 \(Optimum's logits\) has shape "
+                                               r"\[1, 2, 51864\], expected \[1, 2, 51865\]"):
+        other.prefill([1, 2], features, other.zero_kv())
+    # another encoder length: the VM's own shape check on entry, reported with the file
+    wrong = other._native(np.zeros((1, DIMS.n_mels, DIMS.n_mel_frames + 2), np.float32))
+    with pytest.raises(OnnxFolderError, match=r"encoder_model\.so: the library refused its inputs"):
+        other._run(layout.ENCODER, {"input_features": wrong}, ["last_hidden_state"])
+
+
+def test_cli_verify_on_a_real_tiny_en_seed_style_folder(tiny_en, tmp_path: Path) -> None:
+    # The seed's case: tiny.en's three Optimum models, each compiled the plain way to a .so, no .onnx.
+    tvm_libs.compile_seed_style_folder(tiny_en.checkpoint, tmp_path)
+    clip = AUDIO_DIR / "pocketsphinx_goforward.wav"  # one window, 5 sampled tokens
+    p = subprocess.run([sys.executable, "-m", "reference", "verify", str(clip), "--candidate", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "candidate tvm-libs" in p.stdout and "AGREE" in p.stdout and "0 tie(s)" in p.stdout
