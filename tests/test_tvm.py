@@ -28,7 +28,8 @@ from reference.weights import random_weights  # noqa: E402
 
 from .conftest import AUDIO_DIR, CLIPS  # noqa: E402
 
-# Shapes chosen to reach every code path of the kernels: column blocks of 32, 16 and 8 (head_dim 24),
+# Shapes chosen to reach every code path of the kernels: column blocks of 64 (encoder), 32, 16 and 8
+# (head_dim 24), decoder gemvs over 1 and 2 column blocks at a time (4: the real tiny.en below),
 # audio lengths that are and are not multiples of the 6-row tile and of the 32-key block, a vocabulary
 # that needs padding, one and several layers, and fp16 decoder weights.
 CONFIGS = {
@@ -269,3 +270,26 @@ def test_compile_prints_progress(libraries, tmp_path, capsys) -> None:
     tvm_compile.compile_library(CONFIGS["odd"], tmp_path / "lib.so")
     err = capsys.readouterr().err
     assert "compiling the TVM backend" in err and "compiled in" in err
+
+
+def test_backend_stops_openblas_from_spinning_against_tvm(libraries) -> None:
+    # OpenBLAS workers busy-wait ~0.1 s after each BLAS call; after the log-mel's matrix product that
+    # stole one of the 2 cores from the encoder (215 ms instead of 137 ms on tiny.en).
+    import ctypes
+    import os
+
+    from backends.tvm import threads
+
+    np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32)  # numpy's OpenBLAS is loaded
+    make_pair(libraries, "odd", 0)
+    getters = ("openblas_get_num_threads", "openblas_get_num_threads64_", "scipy_openblas_get_num_threads64_",
+               "scipy_openblas_get_num_threads")
+    checked = 0
+    for path in threads._QUIETED:
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+        getter = next((getattr(lib, g) for g in getters if hasattr(lib, g)), None)
+        if getter is not None:
+            assert getter() == 1, path
+            checked += 1
+    if not checked:
+        pytest.skip("no OpenBLAS loaded in this process")

@@ -18,7 +18,7 @@ from reference import kv as kvslots
 from reference.dims import ModelDims
 from reference.weights import Checkpoint
 
-from . import threads  # noqa: F401  (before tvm)
+from . import threads  # (before tvm)
 from .compile import compile_library, library_path, load_library
 from .model import ModelConfig, pack_params
 
@@ -45,6 +45,7 @@ class TVMBackend:
             dims, weights = checkpoint
         self.dims: ModelDims = dims
         self.config = ModelConfig(dims, _choose_weight_dtype(checkpoint, decoder_weight_dtype))
+        threads.quiet_blas_threads()
         self.vm, self.library_path = load_library(self.config, Path(library) if library else None,
                                                   compile_if_missing=compile_if_missing, quiet=quiet)
         self.device = tvm.cpu()
@@ -68,6 +69,7 @@ class TVMBackend:
         want = (1, self.dims.n_mels, self.dims.n_mel_frames)
         if tuple(mel.shape) != want:
             raise ValueError(f"encode expects a mel of shape {want}, got {tuple(mel.shape)}")
+        threads.quiet_blas_threads()  # an OpenBLAS loaded since __init__ (e.g. scipy's) would spin too
         return self._encode(self._tensor(np.asarray(mel, dtype=np.float32)), *self._params["encode"])
 
     def zero_kv(self) -> list[Any]:

@@ -49,11 +49,13 @@ class ModelConfig:
 
     @property
     def vocab_block(self) -> int:
-        return 32  # the vocabulary is padded to a multiple of this (zero rows give logits that are sliced off)
+        return 32  # column block of the tied embedding (the padding rows are zero; their logits are sliced off)
 
     @property
     def vocab_padded(self) -> int:
-        return -(-self.dims.n_vocab // self.vocab_block) * self.vocab_block
+        # a multiple of 4 blocks, so the logits gemv computes 4 blocks at a time (kernels.gemv_blocks)
+        step = 4 * self.vocab_block
+        return -(-self.dims.n_vocab // step) * step
 
     def key(self) -> str:
         return f"{self.dims.key()}-w{self.decoder_weight_dtype}"
@@ -63,15 +65,20 @@ class ModelConfig:
 # Parameter contract (shapes and dtypes, in call order) and packing from the canonical checkpoint
 
 
-def pack_linear(w: Arr, dtype: str = F32) -> Arr:
+# Column blocks: the encoder's gemms (many rows) use 6 x 64 register tiles; the decoder's streaming
+# gemvs (a few rows) keep blocks of 32.
+WIDE, NARROW = 64, 32
+
+
+def pack_linear(w: Arr, dtype: str = F32, widest: int = NARROW) -> Arr:
     """PyTorch (N, K) -> packed (N / nb, K, nb): each block of nb output columns is contiguous over K."""
     n, k = w.shape
-    nb = K.nb_for(n)
+    nb = K.nb_for(n, widest)
     return np.ascontiguousarray(w.reshape(n // nb, nb, k).transpose(0, 2, 1), dtype=dtype)
 
 
-def _packed_shape(n: int, k: int) -> tuple[int, int, int]:
-    nb = K.nb_for(n)
+def _packed_shape(n: int, k: int, widest: int = NARROW) -> tuple[int, int, int]:
+    nb = K.nb_for(n, widest)
     return (n // nb, k, nb)
 
 
@@ -88,24 +95,25 @@ def param_specs(cfg: ModelConfig) -> dict[str, list[tuple[str, tuple[int, ...], 
     a, t = d.n_audio_state, d.n_text_state
     wd = cfg.decoder_weight_dtype
     enc = [
-        ("conv1.w", _packed_shape(a, 3 * d.n_mels), F32), ("conv1.b", (a,), F32),
-        ("conv2.w", _packed_shape(a, 3 * a), F32), ("conv2.b", (a,), F32),
+        ("conv1.w", _packed_shape(a, 3 * d.n_mels, WIDE), F32), ("conv1.b", (a,), F32),
+        ("conv2.w", _packed_shape(a, 3 * a, WIDE), F32), ("conv2.b", (a,), F32),
         ("pos", (d.n_audio_ctx, a), F32),
     ]
     for i in range(d.n_audio_layer):
         p = f"blocks.{i}."
         enc += [
             (p + "attn_ln.g", (a,), F32), (p + "attn_ln.b", (a,), F32),
-            (p + "qkv.w", _packed_shape(3 * a, a), F32), (p + "qkv.b", (3 * a,), F32),
-            (p + "out.w", _packed_shape(a, a), F32), (p + "out.b", (a,), F32),
+            (p + "qkv.w", _packed_shape(3 * a, a, WIDE), F32), (p + "qkv.b", (3 * a,), F32),
+            (p + "out.w", _packed_shape(a, a, WIDE), F32), (p + "out.b", (a,), F32),
             (p + "mlp_ln.g", (a,), F32), (p + "mlp_ln.b", (a,), F32),
-            (p + "fc1.w", _packed_shape(4 * a, a), F32), (p + "fc1.b", (4 * a,), F32),
-            (p + "fc2.w", _packed_shape(a, 4 * a), F32), (p + "fc2.b", (a,), F32),
+            (p + "fc1.w", _packed_shape(4 * a, a, WIDE), F32), (p + "fc1.b", (4 * a,), F32),
+            (p + "fc2.w", _packed_shape(a, 4 * a, WIDE), F32), (p + "fc2.b", (a,), F32),
         ]
     enc += [("ln_post.g", (a,), F32), ("ln_post.b", (a,), F32)]
     cross = []
     for i in range(d.n_text_layer):
-        cross += [(f"blocks.{i}.cross_kv.w", _packed_shape(2 * t, t), F32), (f"blocks.{i}.cross_kv.b", (2 * t,), F32)]
+        cross += [(f"blocks.{i}.cross_kv.w", _packed_shape(2 * t, t, WIDE), F32),
+                  (f"blocks.{i}.cross_kv.b", (2 * t,), F32)]
     dec = [
         ("embedding", (cfg.vocab_padded // cfg.vocab_block, t, cfg.vocab_block), wd),
         ("pos", (d.n_text_ctx, t), F32),
@@ -140,19 +148,19 @@ def pack_params(weights: dict[str, Arr], cfg: ModelConfig) -> dict[str, list[Arr
         return mat, bias
 
     enc: list[Arr] = [
-        pack_linear(_conv_as_linear(w["encoder.conv1.weight"])), w["encoder.conv1.bias"],
-        pack_linear(_conv_as_linear(w["encoder.conv2.weight"])), w["encoder.conv2.bias"],
+        pack_linear(_conv_as_linear(w["encoder.conv1.weight"]), widest=WIDE), w["encoder.conv1.bias"],
+        pack_linear(_conv_as_linear(w["encoder.conv2.weight"]), widest=WIDE), w["encoder.conv2.bias"],
         w["encoder.positional_embedding"],
     ]
     for i in range(d.n_audio_layer):
         p = f"encoder.blocks.{i}"
         m, b = qkv(p + ".attn")
         enc += [
-            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m), b,
-            pack_linear(w[p + ".attn.out.weight"]), w[p + ".attn.out.bias"],
+            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m, widest=WIDE), b,
+            pack_linear(w[p + ".attn.out.weight"], widest=WIDE), w[p + ".attn.out.bias"],
             w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"],
-            pack_linear(w[p + ".mlp.0.weight"]), w[p + ".mlp.0.bias"],
-            pack_linear(w[p + ".mlp.2.weight"]), w[p + ".mlp.2.bias"],
+            pack_linear(w[p + ".mlp.0.weight"], widest=WIDE), w[p + ".mlp.0.bias"],
+            pack_linear(w[p + ".mlp.2.weight"], widest=WIDE), w[p + ".mlp.2.bias"],
         ]
     enc += [w["encoder.ln_post.weight"], w["encoder.ln_post.bias"]]
     cross: list[Arr] = []
@@ -160,7 +168,7 @@ def pack_params(weights: dict[str, Arr], cfg: ModelConfig) -> dict[str, list[Arr
         p = f"decoder.blocks.{i}.cross_attn"
         t = w[p + ".key.weight"].shape[0]
         cross += [
-            pack_linear(np.concatenate([w[p + ".key.weight"], w[p + ".value.weight"]])),
+            pack_linear(np.concatenate([w[p + ".key.weight"], w[p + ".value.weight"]]), widest=WIDE),
             np.concatenate([np.zeros(t, np.float32), w[p + ".value.bias"]]),
         ]
     emb = w["decoder.token_embedding.weight"]
@@ -239,7 +247,7 @@ class _Graph:
         a_view=("heads", head_dim): x is [H, M, head_dim] and row m is its heads concatenated.
         """
         static = isinstance(m, int)
-        nb = K.nb_for(n)
+        nb = K.nb_for(n, WIDE if static else NARROW)
         kind = f"{a_view[0]}{a_view[1]}" if a_view else "dense"
         name = (f"linear_{kind}_{m if static else 'n'}x{k}x{n}{'_b' if b is not None else ''}{'_' + act if act else ''}"
                 f"{'_res' if residual is not None else ''}_{w_dtype}")
@@ -472,7 +480,13 @@ def _pack_heads(T: int, Tp: int, C: int, H: int, D: int, nb: int, off: int, tran
 def _split_heads(T: int, C: int, H: int, D: int, off: int) -> tirx.PrimFunc:
     kv = te.placeholder((T, 2 * C), F32, name="kv")
     out = te.compute((1, H, T, D), lambda _z, h, t, dd: kv[t, off + h * D + dd], name="out")
-    return _parallel_outer(te.create_prim_func([kv, out]), f"split_heads_{T}x{C}_{off}")
+    # parallel over (head, row), vectors along the head: the leading unit axis alone left it serial and scalar
+    sch = s_tir.Schedule(te.create_prim_func([kv, out]))
+    z, h, t, dd = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(sch.fuse(z, h, t))
+    if D % K.LANES == 0:
+        sch.vectorize(sch.split(dd, [None, K.LANES])[1])
+    return K._finish(sch, f"split_heads_{T}x{C}_{off}")
 
 
 def _append_kv(C: int, H: int, D: int, off: int) -> tirx.PrimFunc:
