@@ -83,22 +83,24 @@ def signature_from_model(model: Any) -> Signature:
 # Files
 
 
-def find_files(folder: str | os.PathLike, fp16: bool | None = None) -> dict[str, Path]:
-    """part -> path of encoder_model, decoder_model, decoder_with_past_model (`_fp16` ones with fp16=True).
+def find_files(folder: str | os.PathLike, fp16: bool | None = None, suffix: str = ".onnx") -> dict[str, Path]:
+    """part -> path of encoder_model, decoder_model, decoder_with_past_model (`_fp16` ones with fp16=True),
+    as .onnx files or (suffix=".so") as the libraries TVM compiled from them.
 
     fp16=None takes the plain files when any of them is there, else the `_fp16` ones.
     """
     folder = Path(folder)
+    what = "an Optimum Whisper folder" if suffix == ".onnx" else "a folder of compiled Optimum Whisper libraries"
     if not folder.is_dir():
-        raise OnnxFolderError(f"{folder}: no such folder (an Optimum ONNX export is a folder)")
+        raise OnnxFolderError(f"{folder}: no such folder (expected {what})")
     if fp16 is None:
-        fp16 = not any((folder / layout.file_name(p)).is_file() for p in layout.PARTS) and any(
-            (folder / layout.file_name(p, True)).is_file() for p in layout.PARTS)
-    paths = {part: folder / layout.file_name(part, fp16) for part in layout.PARTS}
+        fp16 = not any((folder / layout.file_name(p, False, suffix)).is_file() for p in layout.PARTS) and any(
+            (folder / layout.file_name(p, True, suffix)).is_file() for p in layout.PARTS)
+    paths = {part: folder / layout.file_name(part, fp16, suffix) for part in layout.PARTS}
     for path in paths.values():
         if not path.is_file():
-            names = ", ".join(layout.file_name(p, fp16) for p in layout.PARTS)
-            raise OnnxFolderError(f"{path}: missing (an Optimum Whisper folder has {names})")
+            names = ", ".join(layout.file_name(p, fp16, suffix) for p in layout.PARTS)
+            raise OnnxFolderError(f"{path}: missing ({what} has {names})")
     return paths
 
 

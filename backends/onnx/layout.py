@@ -46,8 +46,9 @@ class TensorSpec:
     what: tuple[str, ...] = ()
 
 
-def file_name(part: str, fp16: bool = False) -> str:
-    return f"{part}_fp16.onnx" if fp16 else f"{part}.onnx"
+def file_name(part: str, fp16: bool = False, suffix: str = ".onnx") -> str:
+    """encoder_model.onnx, encoder_model_fp16.onnx; suffix ".so" for the libraries TVM compiles from them."""
+    return f"{part}_fp16{suffix}" if fp16 else f"{part}{suffix}"
 
 
 def kv_name(prefix: str, slot: int) -> str:

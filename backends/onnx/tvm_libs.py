@@ -60,26 +60,12 @@ SUFFIX = ".so"
 
 
 def library_name(part: str, fp16: bool = False) -> str:
-    return f"{part}_fp16{SUFFIX}" if fp16 else f"{part}{SUFFIX}"
+    return layout.file_name(part, fp16, SUFFIX)
 
 
 def find_libraries(folder: str | os.PathLike, fp16: bool | None = None) -> dict[str, Path]:
-    """part -> path of encoder_model.so, decoder_model.so, decoder_with_past_model.so (`_fp16.so` with fp16).
-
-    fp16=None takes the plain names when any of them is there, else the `_fp16` ones.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise OnnxFolderError(f"{folder}: no such folder (expected a folder of compiled Optimum libraries)")
-    if fp16 is None:
-        fp16 = not any((folder / library_name(p)).is_file() for p in layout.PARTS) and any(
-            (folder / library_name(p, True)).is_file() for p in layout.PARTS)
-    paths = {part: folder / library_name(part, fp16) for part in layout.PARTS}
-    for path in paths.values():
-        if not path.is_file():
-            names = ", ".join(library_name(p, fp16) for p in layout.PARTS)
-            raise OnnxFolderError(f"{path}: missing (a folder of compiled Optimum Whisper libraries has {names})")
-    return paths
+    """part -> path of encoder_model.so, decoder_model.so, decoder_with_past_model.so (`_fp16.so` with fp16)."""
+    return find_files(folder, fp16, SUFFIX)
 
 
 # ----------------------------------------------------------------------------------------------
