@@ -39,17 +39,17 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _windows(path: str, n_mels: int, n_frames: int) -> list:
+def _windows(samples, n_mels: int, n_frames: int) -> list:
     from .audio import mel_windows
 
-    return [mel for _, mel in mel_windows(load_audio(path), n_mels, n_frames)]
+    return [mel for _, mel in mel_windows(samples, n_mels, n_frames)]
 
 
 def _trace(args: argparse.Namespace) -> int:
     from .trace import format_trace
     from .transcribe import load_model
 
-    load_audio(args.audio)  # fail on bad audio before loading a model
+    samples = load_audio(args.audio)  # fail on bad audio before loading a model
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -57,7 +57,7 @@ def _trace(args: argparse.Namespace) -> int:
             print("whisperkv: error: --plot needs matplotlib (pip install 'whisperkv[plot]')", file=sys.stderr)
             return EXIT_BAD_INPUT
     model = load_model(args.model, backend=args.backend)
-    windows = _windows(args.audio, model.dims.n_mels, model.dims.n_mel_frames)
+    windows = _windows(samples, model.dims.n_mels, model.dims.n_mel_frames)
     for index, mel in enumerate(windows):
         result = model.decode(mel, trace=True)
         print(f"# window {index} ({index * 30} s), backend {model.backend.name}")
@@ -85,11 +85,11 @@ def _verify(args: argparse.Namespace) -> int:
     from .verify import Tolerance, verify
     from .weights import load_checkpoint
 
-    load_audio(args.audio)
+    samples = load_audio(args.audio)
     checkpoint = load_checkpoint(args.model)
     tokenizer = Tokenizer(checkpoint.tokenizer_path, multilingual=checkpoint.dims.is_multilingual)
     candidate = resolve_candidate(args.candidate, checkpoint, tokenizer)
-    windows = _windows(args.audio, checkpoint.dims.n_mels, checkpoint.dims.n_mel_frames)
+    windows = _windows(samples, checkpoint.dims.n_mels, checkpoint.dims.n_mel_frames)
     report = verify(NumpyModel(checkpoint), candidate, tokenizer, checkpoint, windows, audio=args.audio,
                     tolerance=Tolerance(relative=args.tolerance))
     if args.format == "json":
