@@ -80,6 +80,7 @@ def test_start_sequence_prefill_steps_and_eot(tok: Tokenizer) -> None:
     # the self slots the machine holds after each transition are the ones the backend returned
     lengths = [e.slot_shapes[kvslots.self_slots(2)[0]][2] for e in r.events[1:]]
     assert lengths == list(range(2, 3 + len(words)))  # prefill holds 2 positions, each step adds one
+    # scripted logits 10.0 and 9.0 are exact in float32: the margin is 1.0 up to pytest's default 1e-6
     assert all(e.margin == pytest.approx(1.0) for e in r.events[1:])
 
 
@@ -118,9 +119,10 @@ def test_avg_logprob_and_no_speech_prob_follow_openai_whisper(tok: Tokenizer) ->
     r = run(tok, ScriptedBackend(words + [tok.eot], gap=2.0))
     steps = [e for e in r.events if e.token is not None]
     assert [e.token for e in steps] == words + [tok.eot]
-    # the EOT's log-probability counts, and the divisor is len(tokens) + 1
+    # the EOT's log-probability counts, and the divisor is len(tokens) + 1 (same float64 sums: default 1e-6)
     assert r.avg_logprob == pytest.approx(sum(e.logprob for e in steps) / (len(words) + 1))
-    # at <|startoftranscript|> the scripted logits are uniform but for two tokens: p(nocaptions) = e^0 / Z
+    # at <|startoftranscript|> the scripted logits are uniform but for two tokens: p(nocaptions) = e^0 / Z;
+    # computed here in float64 and there by a float64 softmax of float32 logits: 1e-6 relative
     z = (DIMS.n_vocab - 2) + np.exp(10.0) + np.exp(8.0)
     assert r.no_speech_prob == pytest.approx(1.0 / z, rel=1e-6)
 
