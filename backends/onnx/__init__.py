@@ -2,6 +2,7 @@
 such folders (ours or anyone's) through the backend protocol with onnxruntime or TVM.
 
     export.py    checkpoint -> encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx
+                 (and optionally decoder_model_merged.onnx, both decoders in one If; onnxruntime runs it)
     layout.py    the names, order, dtypes and dynamic axes of those files (and the variants accepted)
     folder.py    the importer's checks: a wrong folder is refused naming the file and the tensor
     protocol.py  the backend protocol over the three graphs, for any engine

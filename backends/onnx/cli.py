@@ -1,4 +1,4 @@
-"""`whisperkv export-onnx OUT_DIR [--model DIR] [--fp16]`: a checkpoint as Optimum's three ONNX models.
+"""`whisperkv export-onnx OUT_DIR [--model DIR] [--fp16] [--merged]`: a checkpoint as Optimum's ONNX models.
 
 reference/cli.py wires it in lazily (`add_cli(subparsers)`); `python -m backends.onnx.cli` runs it alone.
 """
@@ -17,7 +17,7 @@ def _export(args: argparse.Namespace) -> int:
 
     checkpoint = load_checkpoint(args.model)
     paths = export_onnx(checkpoint, args.out_dir, fp16=args.fp16, cache_position=args.cache_position,
-                        past_encoder_hidden_states=args.past_encoder_hidden_states)
+                        past_encoder_hidden_states=args.past_encoder_hidden_states, merged=args.merged)
     for path in paths.values():
         print(path)
     return 0
@@ -30,6 +30,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
     p.add_argument("--fp16", action="store_true", help="float16 weights (layer norm and softmax stay float32; "
                    "files named *_fp16.onnx)")
+    p.add_argument("--merged", action="store_true", help="also write decoder_model_merged.onnx (both decoders "
+                   "in one If on use_cache_branch, as Optimum's default export)")
     p.add_argument("--cache-position", action="store_true", help=argparse.SUPPRESS)  # other Optimum versions'
     p.add_argument("--past-encoder-hidden-states", action="store_true", help=argparse.SUPPRESS)  # variants
     p.set_defaults(run=_export)

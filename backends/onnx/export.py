@@ -35,7 +35,8 @@ OPSET = 18  # what optimum-onnx 0.1.0 writes; LayerNormalization needs 17+
 LN_EPS = 1e-5  # PyTorch's LayerNorm default, as reference/model.py
 PRODUCER = "whisperkv"
 
-_ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
+_ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64,
+               "bool": TensorProto.BOOL}
 
 
 class Graph:
@@ -85,9 +86,9 @@ class Graph:
         return model
 
 
-def _value_info(spec: layout.TensorSpec) -> onnx.ValueInfoProto:
-    elem = TensorProto.INT64 if spec.dtype == "int64" else TensorProto.FLOAT
-    return helper.make_tensor_value_info(spec.name, elem, list(spec.shape))
+def _value_info(spec: layout.TensorSpec, name: str | None = None) -> onnx.ValueInfoProto:
+    elem = _ONNX_TYPES["float32" if spec.dtype == "float" else spec.dtype]
+    return helper.make_tensor_value_info(name or spec.name, elem, list(spec.shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,25 +296,121 @@ def decoder_with_past_model(weights: Weights, dims: ModelDims, dtype: str, cache
 
 
 # ----------------------------------------------------------------------------------------------
+# decoder_model_merged: the two decoders as the branches of one If
+
+
+CACHED_ENCODER_PRESENTS = ("empty", "pasts")
+
+
+def _branch(model: onnx.ModelProto, prefix: str) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    """model's nodes, every value they produce renamed `prefix + name`; -> (nodes, old name -> new name).
+
+    Graph inputs and initializers keep their names: a branch reads them from the enclosing graph. The
+    renaming keeps the two builders' intermediate names (both count /MatMul_1, ...) and their outputs
+    (logits in both) apart from each other and from the If node's own outputs.
+    """
+    renamed: dict[str, str] = {}
+    nodes = []
+    for node in model.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [renamed.get(name, name) for name in node.input]
+        for i, name in enumerate(node.output):
+            renamed[name] = copy.output[i] = prefix + name
+        copy.name = prefix + (node.name or node.output[0])
+        nodes.append(copy)
+    return nodes, renamed
+
+
+def _shared_initializers(models: list[onnx.ModelProto]) -> list[onnx.TensorProto]:
+    # Both decoders name each weight after the checkpoint tensor (graph.weight), so one copy serves both.
+    out: dict[str, onnx.TensorProto] = {}
+    for model in models:
+        for t in model.graph.initializer:
+            seen = out.setdefault(t.name, t)
+            if seen is not t and (seen.data_type, list(seen.dims), seen.raw_data) != (t.data_type, list(t.dims),
+                                                                                        t.raw_data):
+                raise ValueError(f"initializer {t.name} differs between the two decoders: not one checkpoint")
+    return list(out.values())
+
+
+def merge_decoders(decoder: onnx.ModelProto, decoder_with_past: onnx.ModelProto, dims: ModelDims,
+                   cached_encoder_presents: str = "empty") -> onnx.ModelProto:
+    """decoder_model + decoder_with_past_model (as built here) -> decoder_model_merged.
+
+    The semantics of Optimum's merge_decoders (optimum/onnx/graph_transformations.py), written for our
+    own graphs: one `If` on use_cache_branch (bool [1]) whose else branch is decoder_model and whose then
+    branch is decoder_with_past_model; the weights are initializers of the enclosing graph, one copy read
+    by both branches; the inputs are decoder_model's, then those only decoder_with_past takes (the 16
+    pasts), then use_cache_branch; the outputs are decoder_model's (logits and all 4L presents).
+
+    decoder_with_past has no present.{i}.encoder.*; the cached branch needs them to have as many outputs
+    as the other. "empty" (the default, what Optimum's merge writes) returns empty float32 constants of
+    shape [0, n_text_head, 1, head_dim]; "pasts" returns the past_key_values.{i}.encoder.* it was given
+    (Identity), for callers that carry all 16 presents forward. Our importer reads neither: it keeps the
+    cross K/V of the first call.
+    """
+    if cached_encoder_presents not in CACHED_ENCODER_PRESENTS:
+        raise ValueError(f"cached_encoder_presents: one of {CACHED_ENCODER_PRESENTS}, not {cached_encoder_presents!r}")
+    outputs = layout.outputs(layout.MERGED, dims)
+    branches = {}
+    for model, prefix in ((decoder, "no_past"), (decoder_with_past, "with_past")):
+        nodes, renamed = _branch(model, prefix)
+        produced = {v.name for v in model.graph.output}
+        for spec in outputs:
+            if spec.name in produced:
+                continue
+            # only present.{i}.encoder.* can be missing, and only from decoder_with_past
+            assert model is decoder_with_past and ".encoder." in spec.name, spec.name
+            renamed[spec.name] = out = f"{prefix}{spec.name}"
+            if cached_encoder_presents == "pasts":
+                past = spec.name.replace("present.", "past_key_values.", 1)
+                nodes.append(helper.make_node("Identity", [past], [out], name=out))
+            else:
+                empty = np.zeros((0, dims.n_text_head, 1, dims.text_head_dim), np.float32)
+                nodes.append(helper.make_node("Constant", [], [out], name=out, value=numpy_helper.from_array(empty)))
+        branches[prefix] = helper.make_graph(nodes, prefix, [], [_value_info(s, renamed[s.name]) for s in outputs])
+
+    cache_position = any(v.name == "cache_position" for v in decoder.graph.input)
+    inputs = layout.inputs(layout.MERGED, dims, cache_position)
+    taken = {v.name for m in (decoder, decoder_with_past) for v in m.graph.input} | {layout.USE_CACHE_BRANCH.name}
+    if taken != {s.name for s in inputs}:
+        raise ValueError(f"the two decoders take {sorted(taken)}, not the merged layout's inputs")
+    if_node = helper.make_node("If", [layout.USE_CACHE_BRANCH.name], [s.name for s in outputs], name="use_cache_branch",
+                               then_branch=branches["with_past"], else_branch=branches["no_past"])
+    graph = helper.make_graph([if_node], layout.MERGED, [_value_info(s) for s in inputs],
+                              [_value_info(s) for s in outputs], _shared_initializers([decoder, decoder_with_past]))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER)
+    model.ir_version = 8
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
 # The folder
 
 
 def build_models(checkpoint: Checkpoint | tuple[ModelDims, Weights], fp16: bool = False,
-                 cache_position: bool = False, past_encoder_hidden_states: bool = False) -> dict[str, onnx.ModelProto]:
-    """part name -> ModelProto, without writing anything."""
+                 cache_position: bool = False, past_encoder_hidden_states: bool = False,
+                 merged: bool = False) -> dict[str, onnx.ModelProto]:
+    """part name -> ModelProto, without writing anything (merged=True adds decoder_model_merged)."""
     dims, weights = (checkpoint.dims, checkpoint.weights) if isinstance(checkpoint, Checkpoint) else checkpoint
     dtype = "float16" if fp16 else "float32"
-    return {
+    models = {
         layout.ENCODER: encoder_model(weights, dims, dtype),
         layout.DECODER: decoder_model(weights, dims, dtype, cache_position),
         layout.DECODER_WITH_PAST: decoder_with_past_model(weights, dims, dtype, cache_position,
                                                           past_encoder_hidden_states),
     }
+    if merged:
+        models[layout.MERGED] = merge_decoders(models[layout.DECODER], models[layout.DECODER_WITH_PAST], dims)
+    return models
 
 
 def export_onnx(checkpoint: Checkpoint | tuple[ModelDims, Weights], out_dir: str | os.PathLike, fp16: bool = False,
-                cache_position: bool = False, past_encoder_hidden_states: bool = False) -> dict[str, Path]:
-    """Write encoder_model, decoder_model and decoder_with_past_model (`_fp16` suffixed with fp16) to out_dir.
+                cache_position: bool = False, past_encoder_hidden_states: bool = False,
+                merged: bool = False) -> dict[str, Path]:
+    """Write encoder_model, decoder_model and decoder_with_past_model (`_fp16` suffixed with fp16) to out_dir,
+    and with merged=True also decoder_model_merged (as Optimum's default export does; see merge_decoders).
 
     cache_position / past_encoder_hidden_states write the variants other Optimum versions produce (see
     layout.py); the default is what optimum-onnx 0.1.0 writes. Each file is written to a temporary name
@@ -322,7 +419,7 @@ def export_onnx(checkpoint: Checkpoint | tuple[ModelDims, Weights], out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for part, model in build_models(checkpoint, fp16, cache_position, past_encoder_hidden_states).items():
+    for part, model in build_models(checkpoint, fp16, cache_position, past_encoder_hidden_states, merged).items():
         path = out / layout.file_name(part, fp16)
         tmp = path.with_suffix(".onnx.tmp")
         onnx.save_model(model, str(tmp))

@@ -1,4 +1,5 @@
-"""Importing an Optimum-layout folder: find the three files and check each one's inputs and outputs.
+"""Importing an Optimum-layout folder: find its files (the three, or the encoder and decoder_model_merged)
+and check each one's inputs and outputs.
 
 A folder is accepted when every part has exactly the inputs layout.py names (the optional variants
 included), with the right dtypes, and every fixed dimension equal to what the checkpoint's ModelDims
@@ -83,23 +84,42 @@ def signature_from_model(model: Any) -> Signature:
 # Files
 
 
-def find_files(folder: str | os.PathLike, fp16: bool | None = None, suffix: str = ".onnx") -> dict[str, Path]:
+def find_files(folder: str | os.PathLike, fp16: bool | None = None, suffix: str = ".onnx",
+               merged: bool = False) -> dict[str, Path]:
     """part -> path of encoder_model, decoder_model, decoder_with_past_model (`_fp16` ones with fp16=True),
     as .onnx files or (suffix=".so") as the libraries TVM compiled from them.
 
     fp16=None takes the plain files when any of them is there, else the `_fp16` ones.
+
+    merged=True (an engine that can run `If`: onnxruntime) also accepts decoder_model_merged in place of
+    the two decoders, and then returns {encoder_model, decoder_model_merged}. A folder holding both forms
+    (Optimum's default export writes all four files) gives the two separate decoders: they are plain
+    graphs, with no dummy inputs to feed and no branch to dispatch, and they are what every engine here
+    runs, so such a folder behaves exactly as it did before merged files were accepted.
     """
     folder = Path(folder)
     what = "an Optimum Whisper folder" if suffix == ".onnx" else "a folder of compiled Optimum Whisper libraries"
     if not folder.is_dir():
         raise OnnxFolderError(f"{folder}: no such folder (expected {what})")
+    candidates = (*layout.PARTS, layout.MERGED) if merged else layout.PARTS
     if fp16 is None:
-        fp16 = not any((folder / layout.file_name(p, False, suffix)).is_file() for p in layout.PARTS) and any(
-            (folder / layout.file_name(p, True, suffix)).is_file() for p in layout.PARTS)
+        fp16 = not any((folder / layout.file_name(p, False, suffix)).is_file() for p in candidates) and any(
+            (folder / layout.file_name(p, True, suffix)).is_file() for p in candidates)
     paths = {part: folder / layout.file_name(part, fp16, suffix) for part in layout.PARTS}
+    merged_path = folder / layout.file_name(layout.MERGED, fp16, suffix)
+    separate = all(p.is_file() for p in paths.values())
+    if merged and not separate and paths[layout.ENCODER].is_file() and merged_path.is_file():
+        return {layout.ENCODER: paths[layout.ENCODER], layout.MERGED: merged_path}
     for path in paths.values():
         if not path.is_file():
             names = ", ".join(layout.file_name(p, fp16, suffix) for p in layout.PARTS)
+            if merged:
+                names = (f"{layout.file_name(layout.ENCODER, fp16, suffix)} and either "
+                         f"{layout.file_name(layout.DECODER, fp16, suffix)} + "
+                         f"{layout.file_name(layout.DECODER_WITH_PAST, fp16, suffix)} or "
+                         f"{layout.file_name(layout.MERGED, fp16, suffix)}")
+            elif merged_path.is_file():
+                names += f"; this engine does not run {merged_path.name}"
             raise OnnxFolderError(f"{path}: missing ({what} has {names})")
     return paths
 
@@ -109,12 +129,12 @@ def find_files(folder: str | os.PathLike, fp16: bool | None = None, suffix: str 
 
 
 def _dtype_ok(want: str, got: str) -> bool:
-    return got == "int64" if want == "int64" else got in ("float32", "float16")
+    return got in ("float32", "float16") if want == "float" else got == want
 
 
 def _check_tensor(path: Path, role: str, spec: layout.TensorSpec, got: TensorInfo, dims: ModelDims) -> None:
     if not _dtype_ok(spec.dtype, got.dtype):
-        want = "int64" if spec.dtype == "int64" else "float32 or float16"
+        want = "float32 or float16" if spec.dtype == "float" else spec.dtype
         raise OnnxFolderError(f"{path}: {role} {got.name} has dtype {got.dtype}, expected {want}")
     if len(got.shape) != len(spec.shape):
         raise OnnxFolderError(f"{path}: {role} {got.name} has rank {len(got.shape)} {list(got.shape)}, "

@@ -10,6 +10,12 @@ optimum's `WhisperOnnxConfig` (exporters/onnx/model_configs.py) and its seq2seq 
 - `decoder_with_past_model.onnx`: input_ids [batch_size, 1] and all past_key_values.{i}.{decoder|encoder}.
   {key|value} -> logits and present.{i}.decoder.key/value only: cross K/V are constant after the first
   call, so the caller keeps those of decoder_model.
+- `decoder_model_merged.onnx` (optional, written by Optimum's default export beside the two above): both
+  decoders as the branches of one `If` on use_cache_branch bool [1]. Inputs: input_ids, encoder_hidden_states,
+  all 16 past_key_values, use_cache_branch; outputs: logits and all 4L presents. The first call passes False
+  and [1, n_text_head, 0, head_dim] pasts (read by no node); later calls pass True. In the cached branch the
+  present.{i}.encoder.* are placeholders (Optimum's merge_decoders emits empty constants of shape
+  [0, n_text_head, 1, head_dim]): the caller keeps the cross K/V of the first call, as with the two files.
 
 Variants other exporter versions write, accepted on import:
 - `cache_position` int64 [decoder_sequence_length] (optimum with transformers 4.43 .. 4.45): the absolute
@@ -29,9 +35,11 @@ from reference.dims import ModelDims
 ENCODER = "encoder_model"
 DECODER = "decoder_model"
 DECODER_WITH_PAST = "decoder_with_past_model"
-PARTS = (ENCODER, DECODER, DECODER_WITH_PAST)
+PARTS = (ENCODER, DECODER, DECODER_WITH_PAST)  # the three files every engine here runs
+MERGED = "decoder_model_merged"  # both decoders in one file; onnxruntime runs it in place of the two
 
-OPTIONAL_INPUTS = {DECODER: ("cache_position",), DECODER_WITH_PAST: ("encoder_hidden_states", "cache_position")}
+OPTIONAL_INPUTS = {DECODER: ("cache_position",), DECODER_WITH_PAST: ("encoder_hidden_states", "cache_position"),
+                   MERGED: ("cache_position",)}
 
 Dim = int | str  # a fixed size, or the name of a dynamic axis
 
@@ -39,7 +47,7 @@ Dim = int | str  # a fixed size, or the name of a dynamic axis
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # "int64" or "float" (float32, or float16 in some fp16 exports)
+    dtype: str  # "int64", "bool" or "float" (float32, or float16 in some fp16 exports)
     shape: tuple[Dim, ...]
     # Per axis, the ModelDims field the size comes from ("" if none). A dynamic axis with a field (the
     # encoder length) is still checked when a file fixes it.
@@ -77,6 +85,7 @@ def _encoder_hidden_states(dims: ModelDims) -> TensorSpec:
 
 
 CACHE_POSITION = TensorSpec("cache_position", "int64", ("decoder_sequence_length",))
+USE_CACHE_BRANCH = TensorSpec("use_cache_branch", "bool", (1,))
 
 
 def inputs(part: str, dims: ModelDims, cache_position: bool = False,
@@ -94,8 +103,14 @@ def inputs(part: str, dims: ModelDims, cache_position: bool = False,
         if past_encoder_hidden_states:
             specs.append(_encoder_hidden_states(dims))
         specs += [_kv_spec(dims, "past_key_values", s, "past_decoder_sequence_length") for s in range(n)]
+    elif part == MERGED:
+        # Optimum's order: decoder_model's inputs, then those only decoder_with_past takes, then the flag.
+        specs = [TensorSpec("input_ids", "int64", ("batch_size", "decoder_sequence_length")),
+                 _encoder_hidden_states(dims)] + ([CACHE_POSITION] if cache_position else [])
+        specs += [_kv_spec(dims, "past_key_values", s, "past_decoder_sequence_length") for s in range(n)]
+        return specs + [USE_CACHE_BRANCH]
     else:
-        raise ValueError(f"unknown part {part!r} (known: {', '.join(PARTS)})")
+        raise ValueError(f"unknown part {part!r} (known: {', '.join((*PARTS, MERGED))})")
     return specs + ([CACHE_POSITION] if cache_position else [])
 
 
@@ -110,4 +125,7 @@ def outputs(part: str, dims: ModelDims) -> list[TensorSpec]:
     if part == DECODER_WITH_PAST:
         return [_logits(dims, 1)] + [_kv_spec(dims, "present", s, "past_decoder_sequence_length + 1")
                                      for s in kvslots.self_slots(dims.n_text_layer)]
-    raise ValueError(f"unknown part {part!r} (known: {', '.join(PARTS)})")
+    if part == MERGED:  # decoder_model's outputs; the self length is the past's + the new tokens'
+        seq = "decoder_sequence_length"
+        return [_logits(dims, seq)] + [_kv_spec(dims, "present", s, "present_sequence_length") for s in range(n)]
+    raise ValueError(f"unknown part {part!r} (known: {', '.join((*PARTS, MERGED))})")

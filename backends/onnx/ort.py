@@ -3,6 +3,9 @@
     OnnxRuntimeBackend(checkpoint)                      # exports the checkpoint to the cache first
     OnnxRuntimeBackend(checkpoint, onnx_dir="whisper-tiny-onnx/")   # any Optimum-layout folder
 
+A folder may hold decoder_model_merged.onnx instead of the two decoders (folder.find_files(merged=True));
+when it holds both forms, the two separate decoders are used and the merged file is not loaded.
+
 The checkpoint supplies the dims the folder is checked against (and, to the caller, the tokenizer).
 KV slots are numpy arrays: onnxruntime's CPU provider reads contiguous numpy inputs in place.
 """
@@ -49,7 +52,7 @@ class OnnxRuntimeBackend(OptimumBackend):
                  threads: int | None = None) -> None:
         folder = Path(onnx_dir) if onnx_dir is not None else exported_folder(checkpoint, fp16=bool(fp16))
         self.folder = folder
-        paths = find_files(folder, fp16)
+        paths = find_files(folder, fp16, merged=True)
         self.fp16 = paths[layout.ENCODER].name.endswith("_fp16.onnx")
         self.sessions, bindings = load_sessions(paths, checkpoint.dims, threads)
         super().__init__(checkpoint.dims, bindings)

@@ -9,6 +9,12 @@ binding every input and output by name, and mapping Optimum's present/past tenso
   the cross K/V computed from the audio (the zeroed slots it is given are never read).
 - step runs decoder_with_past: one token + all 4L slots -> logits and the 2L present self slots. The
   cross slots the state machine keeps are those decoder_model returned; decoder_with_past returns none.
+
+A folder whose decoders come as decoder_model_merged alone (bindings hold MERGED, not DECODER) runs the
+same two calls through it: prefill with use_cache_branch False and empty [1, h, 0, hd] pasts (read by no
+node), step with True, all 4L slots as the pasts (the kept cross K/V as the encoder pasts) and the last
+prefill's audio features as encoder_hidden_states (read by no node of that branch, but a graph input must
+be fed). step reads only the self presents: the cached branch's encoder presents are placeholders.
 """
 
 from __future__ import annotations
@@ -30,7 +36,11 @@ class OptimumBackend:
 
     def __init__(self, dims: ModelDims, bindings: dict[str, PartBinding]) -> None:
         self.dims, self.bindings = dims, bindings
-        self._audio_features: Any = None  # the last prefill's, for decoder_with_past files that still take it
+        self._audio_features: Any = None  # the last prefill's, for step graphs that still take it
+        # The graphs the two calls run: the separate decoders, or decoder_model_merged for both.
+        self.merged = layout.DECODER not in bindings and layout.MERGED in bindings
+        self._prefill_part = layout.MERGED if self.merged else layout.DECODER
+        self._step_part = layout.MERGED if self.merged else layout.DECODER_WITH_PAST
 
     # What an engine provides ------------------------------------------------------------------
 
@@ -60,18 +70,24 @@ class OptimumBackend:
     def prefill(self, tokens: Sequence[int], audio_features: Any, kv: list[Any]) -> tuple[np.ndarray, list[Any]]:
         # tokens [n], audio [1, ctx, d] -> logits [n, n_vocab], all 4L slots (self length n)
         feeds = {"input_ids": self._native(np.asarray([tokens], np.int64)), "encoder_hidden_states": audio_features}
-        if self.bindings[layout.DECODER].takes("cache_position"):
+        if self.bindings[self._prefill_part].takes("cache_position"):
             feeds["cache_position"] = self._native(np.arange(len(tokens), dtype=np.int64))
+        if self.merged:  # the no-past branch: Optimum's first call feeds empty pasts, cross ones included
+            feeds[layout.USE_CACHE_BRANCH.name] = self._native(np.zeros(1, np.bool_))
+            empty = self._native(np.zeros((1, self.dims.n_text_head, 0, self.dims.text_head_dim), np.float32))
+            feeds.update({layout.kv_name("past_key_values", s): empty for s in range(len(kv))})
         names = ["logits"] + [layout.kv_name("present", s) for s in range(len(kv))]
-        out = self._run(layout.DECODER, feeds, names)
+        out = self._run(self._prefill_part, feeds, names)
         self._audio_features = audio_features
         return self.to_numpy(out[0])[0], list(out[1:])
 
     def step(self, token: int, kv: list[Any]) -> tuple[np.ndarray, list[Any]]:
         # token, 4L slots (self length p) -> logits [n_vocab], 2L present self slots (length p + 1), layer-major
-        binding = self.bindings[layout.DECODER_WITH_PAST]
+        binding = self.bindings[self._step_part]
         feeds = {"input_ids": self._native(np.asarray([[token]], np.int64))}
         feeds.update({layout.kv_name("past_key_values", s): slot for s, slot in enumerate(kv)})
+        if self.merged:
+            feeds[layout.USE_CACHE_BRANCH.name] = self._native(np.ones(1, np.bool_))
         if binding.takes("encoder_hidden_states"):
             if self._audio_features is None:
                 raise RuntimeError(f"{binding.path} takes encoder_hidden_states: call prefill before step")
@@ -80,5 +96,5 @@ class OptimumBackend:
             past = int(kv[kvslots.slot_index(0, kvslots.SlotKind.SELF_KEY)].shape[2])
             feeds["cache_position"] = self._native(np.asarray([past], np.int64))
         names = ["logits"] + [layout.kv_name("present", s) for s in kvslots.self_slots(self.dims.n_text_layer)]
-        out = self._run(layout.DECODER_WITH_PAST, feeds, names)
+        out = self._run(self._step_part, feeds, names)
         return self.to_numpy(out[0])[0, -1], list(out[1:])

@@ -1,0 +1,303 @@
+"""decoder_model_merged.onnx: our export of it (Optimum's merge: one If on use_cache_branch), and onnxruntime
+running a folder that holds it in place of, or beside, the two separate decoders.
+
+The merged graph's branches are our two decoder graphs node for node, so the tolerances are those of
+tests/test_onnx.py: float32 onnxruntime against float32 numpy differs by summation order only (~1e-6 on
+the random models, ~3e-5 on tiny.en's top-5 logits), far below what a wrong branch, flag, slot or position
+moves (O(0.1) and more). Random models cost milliseconds; the one tiny.en export (~5 s) and a short real
+clip (~3 s) dominate the file's runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reference import kv as kvslots
+from reference.audio import load_audio, mel_windows
+from reference.dims import ModelDims
+from reference.model import NumpyModel
+from reference.tokenizer import Tokenizer
+from reference.verify import verify
+from reference.weights import Checkpoint, default_model_dir, random_weights
+
+from .conftest import AUDIO_DIR
+from .test_onnx import (
+    FP32_LOGIT_ATOL,
+    SMALL,
+    SMALL_ATOL,
+    TIE_MARGIN,
+    compare_with_reference,
+    decode_with,
+    first_disagreement,
+    small_checkpoint,
+    small_dims,
+)
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from backends.onnx import layout  # noqa: E402
+from backends.onnx.export import build_models, export_onnx, merge_decoders  # noqa: E402
+from backends.onnx.folder import OnnxFolderError, check_part, signature_from_model  # noqa: E402
+from backends.onnx.ort import OnnxRuntimeBackend  # noqa: E402
+
+SEPARATE = (layout.DECODER, layout.DECODER_WITH_PAST)
+
+
+def merged_folder(checkpoint: Checkpoint, out: Path, keep_separate: bool = False, fp16: bool = False,
+                  **variant) -> Path:
+    """An export with decoder_model_merged; without keep_separate the two decoders are removed."""
+    export_onnx(checkpoint, out, fp16=fp16, merged=True, **variant)
+    if not keep_separate:
+        for part in SEPARATE:
+            (out / layout.file_name(part, fp16)).unlink()
+    return out
+
+
+def dims_of(value) -> list:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def names_read(graph) -> set[str]:
+    return {name for node in graph.node for name in node.input}
+
+
+# ----------------------------------------------------------------------------------------------
+# The export
+
+
+def test_merged_export_is_one_if_on_use_cache_branch_with_optimums_inputs_and_outputs() -> None:
+    # Written out from ARCHITECTURE.md's description of a real Optimum export, not from layout.py.
+    models = build_models(small_checkpoint(SMALL), merged=True)
+    model = models[layout.MERGED]
+    onnx.checker.check_model(model, full_check=True)
+    graph = model.graph
+    kv = [f"{i}.{side}.{kv}" for i in range(SMALL.n_text_layer) for side in ("decoder", "encoder")
+          for kv in ("key", "value")]
+    assert [v.name for v in graph.input] == (["input_ids", "encoder_hidden_states"]
+                                             + [f"past_key_values.{n}" for n in kv] + ["use_cache_branch"])
+    flag = graph.input[-1]
+    assert flag.type.tensor_type.elem_type == onnx.TensorProto.BOOL and dims_of(flag) == [1]
+    assert [v.name for v in graph.output] == ["logits"] + [f"present.{n}" for n in kv]
+    assert dims_of(graph.input[2]) == ["batch_size", SMALL.n_text_head, "past_decoder_sequence_length",
+                                       SMALL.text_head_dim]
+    (node,) = graph.node
+    assert node.op_type == "If" and list(node.input) == ["use_cache_branch"]
+    branches = {a.name: a.g for a in node.attribute}
+    then, orelse = branches["then_branch"], branches["else_branch"]
+    # else = decoder_model: never reads a past; then = decoder_with_past: never reads the audio
+    assert not any(n.startswith("past_key_values.") for n in names_read(orelse))
+    assert "encoder_hidden_states" not in names_read(then) and "encoder_hidden_states" in names_read(orelse)
+    assert len(then.output) == len(orelse.output) == len(graph.output)
+    # The weights are stored once, in the enclosing graph, read by both branches.
+    names = [t.name for t in graph.initializer]
+    assert len(names) == len(set(names))
+    assert set(names) == {t.name for p in SEPARATE for t in models[p].graph.initializer}
+    assert not then.initializer and not orelse.initializer
+    assert {"decoder.token_embedding.weight"} <= names_read(then) & names_read(orelse)
+
+
+def run_merged(model, dims: ModelDims, flag: bool, pasts: dict[str, np.ndarray], tokens: list[int]) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": np.asarray([tokens], np.int64), "use_cache_branch": np.array([flag]),
+             "encoder_hidden_states": rng.standard_normal((1, dims.n_audio_ctx, dims.n_text_state)).astype(np.float32),
+             **pasts}
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+
+
+@pytest.mark.parametrize("mode", ["empty", "pasts"])
+def test_the_cached_branch_encoder_presents(mode: str) -> None:
+    # Optimum's merge fills the outputs decoder_with_past lacks with empty constants; "pasts" passes them on.
+    models = build_models(small_checkpoint(SMALL))
+    model = merge_decoders(models[layout.DECODER], models[layout.DECODER_WITH_PAST], SMALL, mode)
+    rng = np.random.default_rng(1)
+    n = kvslots.n_slots(SMALL.n_text_layer)
+    first = run_merged(model, SMALL, False, {layout.kv_name("past_key_values", s): np.zeros(
+        (1, SMALL.n_text_head, 0, SMALL.text_head_dim), np.float32) for s in range(n)}, [1, 2])
+    assert first["present.0.encoder.key"].shape == (1, SMALL.n_text_head, SMALL.n_audio_ctx, SMALL.text_head_dim)
+    pasts = {layout.kv_name("past_key_values", s): rng.standard_normal(kvslots.slot_shape(SMALL, s, 2)).astype(
+        np.float32) for s in range(n)}
+    out = run_merged(model, SMALL, True, pasts, [3])
+    assert out["present.0.decoder.key"].shape[2] == 3  # the cached branch appended one position
+    for s in kvslots.cross_slots(SMALL.n_text_layer):
+        got = out[layout.kv_name("present", s)]
+        if mode == "empty":
+            assert got.shape == (0, SMALL.n_text_head, 1, SMALL.text_head_dim)
+        else:
+            np.testing.assert_array_equal(got, pasts[layout.kv_name("past_key_values", s)])
+
+
+def test_export_onnx_command_writes_the_merged_file_too(tmp_path: Path) -> None:
+    from backends.onnx.cli import main
+    from reference.weights import save_huggingface
+
+    save_huggingface(small_checkpoint(SMALL), tmp_path / "model")
+    assert main(["export-onnx", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--merged"]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(layout.file_name(p) for p in (*layout.PARTS, layout.MERGED))
+
+
+# ----------------------------------------------------------------------------------------------
+# onnxruntime over a merged folder, against the numpy reference
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(dims=small_dims(), seed=st.integers(0, 2**31), cache_position=st.booleans(), past_ehs=st.booleans(),
+       n_start=st.integers(1, 3))
+def test_a_merged_folder_equals_the_reference_on_random_models(tmp_path_factory, dims, seed, cache_position,
+                                                              past_ehs, n_start) -> None:
+    checkpoint = small_checkpoint(dims, seed)
+    out = merged_folder(checkpoint, tmp_path_factory.mktemp("merged"), cache_position=cache_position,
+                        past_encoder_hidden_states=past_ehs)
+    backend = OnnxRuntimeBackend(checkpoint, onnx_dir=out)
+    assert backend.merged and set(backend.sessions) == {layout.ENCODER, layout.MERGED}
+    n_steps = min(3, dims.n_text_ctx - n_start)
+    compare_with_reference(backend, NumpyModel(checkpoint), seed, n_start, n_steps, SMALL_ATOL)
+
+
+def test_a_merged_file_passing_the_pasts_on_runs_the_same(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint(SMALL, seed=4)
+    models = build_models(checkpoint)
+    onnx.save(models[layout.ENCODER], str(tmp_path / "encoder_model.onnx"))
+    onnx.save(merge_decoders(models[layout.DECODER], models[layout.DECODER_WITH_PAST], SMALL, "pasts"),
+              str(tmp_path / "decoder_model_merged.onnx"))
+    backend = OnnxRuntimeBackend(checkpoint, onnx_dir=tmp_path)
+    assert backend.merged
+    compare_with_reference(backend, NumpyModel(checkpoint), 4, n_start=3, n_steps=4, atol=SMALL_ATOL)
+
+
+def test_with_both_forms_the_separate_decoders_are_used(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint(SMALL, seed=5)
+    backend = OnnxRuntimeBackend(checkpoint, onnx_dir=merged_folder(checkpoint, tmp_path, keep_separate=True))
+    assert not backend.merged and set(backend.sessions) == set(layout.PARTS)  # the merged file is not loaded
+    compare_with_reference(backend, NumpyModel(checkpoint), 5, n_start=2, n_steps=3, atol=SMALL_ATOL)
+
+
+def test_fp16_merged_equals_fp16_separate(tmp_path: Path) -> None:
+    # Same float16 graphs, in or out of the If: equal up to kernel choice (the fp16 rounding of the
+    # activations is the same on both sides, so a bound far below fp16's own error still holds).
+    checkpoint = small_checkpoint(SMALL, seed=6)
+    both = merged_folder(checkpoint, tmp_path / "both", keep_separate=True, fp16=True)
+    only = merged_folder(checkpoint, tmp_path / "only", fp16=True)
+    separate, merged = OnnxRuntimeBackend(checkpoint, onnx_dir=both), OnnxRuntimeBackend(checkpoint, onnx_dir=only)
+    assert merged.merged and merged.fp16 and merged.name == "onnxruntime-fp16" and not separate.merged
+    rng = np.random.default_rng(6)
+    mel = rng.standard_normal((1, SMALL.n_mels, SMALL.n_mel_frames)).astype(np.float32)
+    features = separate.encode(mel)
+    (a, kv_a), (b, kv_b) = (x.prefill([1, 2], features, x.zero_kv()) for x in (separate, merged))
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    for t in (3, 4, 5):
+        (a, p_a), (b, p_b) = separate.step(t, kv_a), merged.step(t, kv_b)
+        np.testing.assert_allclose(b, a, atol=1e-5)
+        kv_a, kv_b = kvslots.remap_present(kv_a, p_a), kvslots.remap_present(kv_b, p_b)
+
+
+# ----------------------------------------------------------------------------------------------
+# verify: tiny dims with tiny.en's vocabulary, so the real tokenizer and the state machine's filters apply
+
+VERIFY_DIMS = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2, n_vocab=51864,
+                        n_text_ctx=16, n_text_state=8, n_text_head=2, n_text_layer=2)
+
+
+def test_verify_agrees_on_a_merged_folder_opened_as_a_candidate(tmp_path: Path) -> None:
+    from backends import open_folder
+
+    ck = Checkpoint(VERIFY_DIMS, random_weights(VERIFY_DIMS, 8), Path("/nonexistent"), "float32", "random")
+    candidate = open_folder(merged_folder(ck, tmp_path), ck)  # `whisperkv verify --candidate FOLDER`'s route
+    assert isinstance(candidate, OnnxRuntimeBackend) and candidate.merged
+    tokenizer = Tokenizer(default_model_dir() / "tokenizer.json", multilingual=False)
+    rng = np.random.default_rng(8)
+    windows = [rng.standard_normal((VERIFY_DIMS.n_mels, VERIFY_DIMS.n_mel_frames)).astype(np.float32)
+               for _ in range(2)]
+    report = verify(NumpyModel(ck), candidate, tokenizer, ck, windows)
+    assert report.agree and report.first_divergence is None, (report.first_divergence, report.diagnosis)
+    assert report.steps > 0  # the comparison went through the cached branch
+    other = Checkpoint(VERIFY_DIMS, random_weights(VERIFY_DIMS, 9), Path("/nonexistent"), "float32", "random")
+    assert not verify(NumpyModel(other), candidate, tokenizer, other, windows).agree  # not vacuous
+
+
+# ----------------------------------------------------------------------------------------------
+# Refusals name the file and the tensor
+
+
+@pytest.fixture(scope="module")
+def small_merged(tmp_path_factory) -> Path:
+    return merged_folder(small_checkpoint(SMALL), tmp_path_factory.mktemp("small-merged"))
+
+
+def refusal(folder: Path) -> str:
+    with pytest.raises(OnnxFolderError) as e:
+        OnnxRuntimeBackend(small_checkpoint(SMALL), onnx_dir=folder)
+    return str(e.value)
+
+
+def edited_merged(src: Path, dst: Path, edit) -> Path:
+    dst.mkdir()
+    (dst / "encoder_model.onnx").write_bytes((src / "encoder_model.onnx").read_bytes())
+    model = onnx.load(str(src / "decoder_model_merged.onnx"))
+    edit(model.graph)
+    onnx.save(model, str(dst / "decoder_model_merged.onnx"))
+    return dst
+
+
+def test_a_folder_without_either_decoder_form_is_refused(small_merged: Path, tmp_path: Path) -> None:
+    folder = edited_merged(small_merged, tmp_path / "f", lambda g: None)
+    (folder / "decoder_model_merged.onnx").unlink()
+    msg = refusal(folder)
+    assert "decoder_model.onnx: missing" in msg
+    assert "decoder_model.onnx + decoder_with_past_model.onnx or decoder_model_merged.onnx" in msg
+
+
+def test_a_flag_of_the_wrong_dtype_is_refused(small_merged: Path) -> None:
+    # onnxruntime refuses such a file itself when loading it (If takes a bool); the check on the file's
+    # own signature (what an engine without that validation, TVM, would get) refuses it too.
+    path = small_merged / "decoder_model_merged.onnx"
+    model = onnx.load(str(path))
+    model.graph.input[-1].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    with pytest.raises(OnnxFolderError, match=r"decoder_model_merged\.onnx: input use_cache_branch has dtype int64, "
+                                              r"expected bool"):
+        check_part(layout.MERGED, path, signature_from_model(model), SMALL)
+
+
+def test_a_merged_file_without_the_flag_or_an_output_is_refused(small_merged: Path, tmp_path: Path) -> None:
+    def rename_flag(graph) -> None:
+        graph.input[-1].name = "use_cache"
+        graph.node[0].input[0] = "use_cache"
+
+    msg = refusal(edited_merged(small_merged, tmp_path / "a", rename_flag))
+    assert "decoder_model_merged.onnx: unexpected input use_cache (missing: use_cache_branch" in msg
+
+    def drop_output(graph) -> None:
+        graph.output.remove(next(v for v in graph.output if v.name == "present.1.encoder.value"))
+
+    msg = refusal(edited_merged(small_merged, tmp_path / "b", drop_output))
+    assert "decoder_model_merged.onnx: missing output present.1.encoder.value" in msg
+
+
+# ----------------------------------------------------------------------------------------------
+# tiny.en on real speech
+
+
+def test_tiny_en_merged_folder_tokens_equal_the_reference(tiny_en, tmp_path_factory) -> None:
+    clip = "pocketsphinx_goforward.wav"  # 2.8 s: one window
+    backend = OnnxRuntimeBackend(tiny_en.checkpoint, onnx_dir=merged_folder(tiny_en.checkpoint,
+                                                                             tmp_path_factory.mktemp("tiny-merged")))
+    assert backend.merged
+    for seek, mel in mel_windows(load_audio(AUDIO_DIR / clip), tiny_en.dims.n_mels):
+        ref, got = tiny_en.decode(mel, trace=True), decode_with(backend, tiny_en, mel)
+        where = f"{clip} window at frame {seek}"
+        assert min(e.margin for e in ref.events if e.margin is not None) > TIE_MARGIN, where
+        assert got.tokens == ref.tokens, f"{where}: first disagreement at {first_disagreement(ref, got)}"
+        for e_ref, e_got in zip(ref.events, got.events, strict=True):
+            if e_ref.top:
+                np.testing.assert_allclose([v for _, v in e_got.top], [v for _, v in e_ref.top],
+                                           atol=FP32_LOGIT_ATOL, err_msg=f"{where}, step {e_ref.step}")
