@@ -31,8 +31,8 @@ def get_backend(name: str, checkpoint: Any, **options: Any) -> Any:
 def open_folder(path: Any, checkpoint: Any) -> Any:
     """A folder of model files -> the backend that runs it (`whisperkv verify --candidate FOLDER`).
 
-    - An Optimum ONNX export (*.onnx) runs in onnxruntime; the same folder also holding TVM libraries (*.so,
-      as compiled by the tvm-onnx backend into that folder) runs through TVM.
+    - An Optimum ONNX export (*.onnx) runs in onnxruntime (for TVM's import of the same files, use the
+      `tvm-onnx` backend with onnx_dir=FOLDER: it compiles into the cache, never into your folder).
     - A folder of compiled libraries and no *.onnx (encoder_model.so, decoder_model.so,
       decoder_with_past_model.so, or their *_fp16.so; weights embedded, as the seed built them) runs
       through TVM's Relax VM, bound by the libraries' own parameter names (backends/onnx/tvm_libs.py).
@@ -43,8 +43,6 @@ def open_folder(path: Any, checkpoint: Any) -> Any:
 
     folder = Path(path)
     if any(folder.glob("*.onnx")):
-        if any(folder.glob("*.so")):
-            return get_backend("tvm-onnx", checkpoint, onnx_dir=folder, library_dir=folder)
         return get_backend("onnxruntime", checkpoint, onnx_dir=folder)
     if any(folder.glob("*.so")):
         try:

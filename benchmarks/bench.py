@@ -124,7 +124,9 @@ def whisperkv_runner(backend_name: str):
     from reference import load_model
 
     t = time.perf_counter()
-    model = load_model(backend=backend_name)
+    # onnxruntime sizes its pool itself (not from OMP/TVM variables): give it the same count as the others
+    options = {"threads": int(os.environ["TVM_NUM_THREADS"])} if backend_name == "onnxruntime" else {}
+    model = load_model(backend=backend_name, **options)
     setup = {"load_s": time.perf_counter() - t}
     timed = Timed(model.backend)
     model.backend = timed

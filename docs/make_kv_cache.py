@@ -9,10 +9,8 @@ Every block of output in the document comes from a `whisperkv` command run here;
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,10 +114,11 @@ def main() -> int:
             print(f"{DOC} is stale: run python docs/make_kv_cache.py", file=sys.stderr)
             return 1
         return 0
-    fd, tmp = tempfile.mkstemp(dir=DOC.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, DOC)
+    sys.path.insert(0, str(ROOT))
+    from reference.files import atomic_path
+
+    with atomic_path(DOC, suffix=".md") as tmp:
+        tmp.write_text(text)
     return 0
 
 

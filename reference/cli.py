@@ -57,10 +57,11 @@ def _trace(args: argparse.Namespace) -> int:
             print("whisperkv: error: --plot needs matplotlib (pip install 'whisperkv[plot]')", file=sys.stderr)
             return EXIT_BAD_INPUT
     model = load_model(args.model, backend=args.backend)
-    windows = _windows(samples, model.dims.n_mels, model.dims.n_mel_frames)
-    for index, mel in enumerate(windows):
+    from .audio import HOP_LENGTH, SAMPLE_RATE, mel_windows
+
+    for index, (seek, mel) in enumerate(mel_windows(samples, model.dims.n_mels, model.dims.n_mel_frames)):
         result = model.decode(mel, trace=True)
-        print(f"# window {index} ({index * 30} s), backend {model.backend.name}")
+        print(f"# window {index} ({seek * HOP_LENGTH / SAMPLE_RATE:g} s), backend {model.backend.name}")
         for line in format_trace(result.events, model.tokenizer, model.dims.n_text_layer, result.finished):
             print(line)
         print(f"# text: {result.text}")
@@ -189,13 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
+    """The input errors above plus the backends' own (a damaged ONNX folder or TVM library), when loaded."""
     errors: tuple[type[BaseException], ...] = _INPUT_ERRORS
-    try:
-        from backends.onnx.folder import OnnxFolderError
-
-        errors += (OnnxFolderError,)
-    except ImportError:
-        pass
+    for module, name in (("backends.onnx.folder", "OnnxFolderError"), ("backends.tvm.compile", "LibraryMismatchError")):
+        loaded = sys.modules.get(module)  # only a module that ran can have raised: never import tvm for this
+        if loaded is not None:
+            errors += (getattr(loaded, name),)
     return errors
 
 

@@ -129,6 +129,16 @@ def log_softmax(x: np.ndarray) -> np.ndarray:  # [n] -> [n]
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
+def chosen_logprob(logits: np.ndarray, token: int) -> float:
+    """log_softmax(logits)[token] for the argmax token, without a full float64 log_softmax per step.
+
+    With m = logits[token] the maximum, the answer is -log(sum(exp(logits - m))): float32 exps of values
+    <= 0, summed in float64. It differs from the float64 log_softmax by ~1e-8 and costs a tenth of it.
+    # [n_vocab] float32, argmax -> float
+    """
+    return -float(np.log(np.exp(logits - logits[token]).sum(dtype=np.float64)))
+
+
 # ----------------------------------------------------------------------------------------------
 # The machine
 
@@ -178,7 +188,6 @@ class WindowRun:
         self.no_speech_prob = float("nan")
         self.finished = ""
         self.events: list[TraceEvent] = []
-        self.last_logits: np.ndarray | None = None  # filtered logits of the last transition
 
     # One transition per call; returns the trace event it emitted (when tracing).
     def advance(self) -> TraceEvent | None:
@@ -210,9 +219,8 @@ class WindowRun:
         for f in self.d.filters:
             f.apply(logits, self.sampled)
         token = int(np.argmax(logits))
-        logprob = float(log_softmax(logits.astype(np.float64))[token])
+        logprob = chosen_logprob(logits, token)
         self.sum_logprob += logprob
-        self.last_logits = logits
         tok = self.d.tokenizer
         if token == tok.eot:
             self.state, self.finished = State.DONE, "eot"

@@ -93,7 +93,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None 
     # q k^T / sqrt(d). openai-whisper scales q and k by d^-1/4 each; scaling q alone is the same math
     # and does not rescale the whole cached K at every step.
     scores = (q * np.float32(q.shape[-1] ** -0.5)) @ k.transpose(0, 1, 3, 2)  # [1, h, n_q, n_kv]
-    if q_offset is not None:
+    if q_offset is not None and scores.shape[-2] > 1:  # one query at the end sees every key: nothing to mask
         n_q, n_kv = scores.shape[-2:]
         future = np.arange(n_kv)[None, :] > (q_offset + np.arange(n_q))[:, None]  # [n_q, n_kv]
         scores = np.where(future, np.float32(-np.inf), scores)

@@ -6,13 +6,13 @@ matplotlib is an optional extra (`pip install 'whisperkv[plot]'`); nothing else 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import kv as kvslots
 from .decoding import DecodingResult
+from .files import atomic_path
 from .model import NumpyModel
 from .tokenizer import Tokenizer
 
@@ -71,13 +71,9 @@ def plot_trace(path: str | os.PathLike, result: DecodingResult, attention: np.nd
     bottom.set_title("cross-attention of each step over the audio (mean over layers and heads)")
     fig.tight_layout()
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".png", dir=target.parent or ".")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, target)
+        with atomic_path(target, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target

@@ -62,7 +62,16 @@ def resolve_candidate(spec: str, checkpoint: Checkpoint, tokenizer: Any) -> Back
         factory = getattr(module, parts[2], None)
         if factory is None:
             raise BackendUnavailable(f"--candidate {spec!r}: {parts[1]} has no {parts[2]}")
-        return factory(checkpoint)
+        try:
+            backend = factory(checkpoint)
+        except Exception as e:  # a user's factory: any failure is a bad candidate, reported in one line
+            raise BackendUnavailable(f"--candidate {spec!r}: {parts[2]}(checkpoint) failed: "
+                                     f"{type(e).__name__}: {e}") from e
+        if not isinstance(backend, Backend):
+            raise BackendUnavailable(f"--candidate {spec!r}: {parts[2]}(checkpoint) returned a "
+                                     f"{type(backend).__name__}, not an object with the backend protocol's "
+                                     "name, dims, encode, zero_kv, prefill, step and to_numpy")
+        return backend
     if Path(spec).is_dir():
         try:
             open_folder = importlib.import_module("backends").open_folder

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .dims import ModelDims
+from .files import atomic_path
 
 Weights = dict[str, np.ndarray]
 
@@ -455,12 +456,13 @@ def save_huggingface(checkpoint: Checkpoint, folder: str | os.PathLike, dtype: s
     tensors = {names[k]: np.ascontiguousarray(w, dtype=dtype) for k, w in checkpoint.weights.items()}
     config = {ours_to: getattr(d, ours) for ours, ours_to in _HF_DIMS.items()}
     config.update({"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"]})
-    tmp = folder / "model.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    with atomic_path(folder / "model.safetensors", suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(folder / "config.json", suffix=".json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
     if checkpoint.tokenizer_path.exists():
-        shutil.copyfile(checkpoint.tokenizer_path, folder / "tokenizer.json")
+        with atomic_path(folder / "tokenizer.json", suffix=".json") as tmp:
+            shutil.copyfile(checkpoint.tokenizer_path, tmp)
     return folder
 
 

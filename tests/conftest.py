@@ -18,6 +18,9 @@ def clip_manifest() -> list[dict[str, str]]:
 
 CLIPS = [row["file"] for row in clip_manifest()]
 
+# clip -> (word error rate, hypothesis, human transcript), filled by tests/test_oracle.py, printed at the end
+WER_REPORT: dict[str, tuple[float, str, str]] = {}
+
 
 @pytest.fixture(scope="session")
 def tiny_en():
@@ -27,8 +30,6 @@ def tiny_en():
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    from .test_oracle import WER_REPORT
-
     if not WER_REPORT:
         return
     terminalreporter.section("word error rate, reference (numpy) tiny.en vs human transcripts")

@@ -37,3 +37,12 @@ def test_the_suite_refuses_to_run_without_a_candidate() -> None:
                         "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=600)
     assert p.returncode != 0
     assert "needs --candidate" in p.stdout + p.stderr
+
+
+def test_bad_audio_or_candidate_is_one_usage_error() -> None:
+    for extra in (["--candidate", "numpy", "--conformance-audio", "/no/such.wav"],
+                  ["--candidate", "python:os:getcwd"]):
+        p = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "reference.conformance", "-q",
+                            "-p", "no:cacheprovider", *extra], capture_output=True, text=True, timeout=600)
+        assert p.returncode == 4, p.stdout + p.stderr  # pytest's exit code for usage errors
+        assert "whisperkv conformance:" in p.stderr and "Traceback" not in p.stdout + p.stderr

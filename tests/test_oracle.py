@@ -15,11 +15,9 @@ import pytest
 
 from reference.audio import load_audio, mel_windows
 
-from .conftest import AUDIO_DIR, CLIPS, clip_manifest
+from .conftest import AUDIO_DIR, CLIPS, WER_REPORT, clip_manifest
 
 ctranslate2 = pytest.importorskip("ctranslate2")
-
-WER_REPORT: dict[str, tuple[float, str, str]] = {}
 
 
 @pytest.fixture(scope="module")

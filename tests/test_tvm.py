@@ -237,6 +237,14 @@ def test_library_for_other_dims_is_refused(libraries) -> None:
         TVMBackend((other.dims, random_weights(other.dims)), library=libraries["even"], compile_if_missing=False)
 
 
+def test_a_damaged_library_is_refused_with_its_path(tmp_path) -> None:
+    junk = tmp_path / "whisper-damaged.so"
+    junk.write_bytes(b"\x7fELF but not really a library")
+    with pytest.raises(tvm_compile.LibraryMismatchError, match="not a loadable TVM library") as e:
+        tvm_compile.load_library(CONFIGS["even"], junk, compile_if_missing=False)
+    assert str(junk) in str(e.value) and "\n" not in str(e.value)
+
+
 def test_cache_key_separates_dims_and_dtype(libraries) -> None:
     paths = {tvm_compile.library_path(cfg) for cfg in CONFIGS.values()}
     assert len(paths) == len(CONFIGS)
@@ -252,7 +260,9 @@ def test_cache_write_is_atomic(libraries, tmp_path, monkeypatch) -> None:
     def killed(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tvm_compile.os, "replace", killed)
+    import reference.files
+
+    monkeypatch.setattr(reference.files.os, "replace", killed)  # the one atomic-write helper's rename
     with pytest.raises(KeyboardInterrupt):
         tvm_compile.compile_library(cfg, target, quiet=True)
     assert list(tmp_path.iterdir()) == []

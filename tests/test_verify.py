@@ -149,6 +149,15 @@ def test_verify_cli_exit_codes_and_json() -> None:
     assert whisperkv("verify", AUDIO_DIR / "missing.wav", "--candidate", "numpy").returncode == 2
 
 
+def test_a_damaged_onnx_folder_is_a_one_line_error(tmp_path) -> None:
+    for part in ("encoder_model", "decoder_model", "decoder_with_past_model"):
+        (tmp_path / f"{part}.onnx").write_text("not a protobuf")
+    p = whisperkv("verify", CLIP, "--candidate", tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "encoder_model.onnx") in lines[0], lines
+
+
 def test_python_factory_candidates(tmp_path) -> None:
     (tmp_path / "my_backend.py").write_text(
         "from reference.model import NumpyModel\n"
@@ -194,7 +203,7 @@ def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) 
     assert p.returncode == 0, p.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert imread(out).shape[:2] == (800, 1000)  # figsize 10 x 8 inches at 100 dpi
-    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.png"]  # written atomically: no temporary left
 
     mel = windows(CLIP)[0]
     features = tiny_en.backend.encode(mel[None])

@@ -32,7 +32,7 @@ def weights_hash(checkpoint: Checkpoint) -> str:
     h = hashlib.sha256()
     for name in sorted(checkpoint.weights):
         h.update(name.encode())
-        h.update(checkpoint.weights[name].tobytes())
+        h.update(memoryview(checkpoint.weights[name]))  # the weights are contiguous: hashed without a copy
     return h.hexdigest()[:16]
 
 

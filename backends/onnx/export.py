@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from reference import kv as kvslots
 from reference.dims import ModelDims
+from reference.files import atomic_path
 from reference.weights import Checkpoint, Weights
 
 from . import layout
@@ -421,8 +422,7 @@ def export_onnx(checkpoint: Checkpoint | tuple[ModelDims, Weights], out_dir: str
     paths = {}
     for part, model in build_models(checkpoint, fp16, cache_position, past_encoder_hidden_states, merged).items():
         path = out / layout.file_name(part, fp16)
-        tmp = path.with_suffix(".onnx.tmp")
-        onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".onnx") as tmp:
+            onnx.save_model(model, str(tmp))
         paths[part] = path
     return paths

@@ -23,7 +23,7 @@ from reference.weights import Checkpoint
 
 from . import layout
 from .cache import exported_folder
-from .folder import PartBinding, check_part, find_files, signature_from_session
+from .folder import OnnxFolderError, PartBinding, check_part, find_files, signature_from_session
 from .protocol import OptimumBackend
 
 
@@ -40,7 +40,10 @@ def load_sessions(paths: dict[str, Path], dims: Any, threads: int | None = None
     opts = session_options(threads)
     sessions, bindings = {}, {}
     for part, path in paths.items():
-        sessions[part] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            sessions[part] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
+            raise OnnxFolderError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from e
         bindings[part] = check_part(part, path, signature_from_session(sessions[part]), dims)
     return sessions, bindings
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
 from backends.tvm import threads as _threads  # noqa: F401
-from backends.tvm.compile import host_target  # the host CPU by name, as for the native backend
+from backends.tvm.compile import host_target, write_library  # shared with the native backend
 import onnx
 import tvm
 from onnx import numpy_helper
@@ -44,7 +43,7 @@ from reference.dims import ModelDims
 from reference.weights import Checkpoint
 
 from .cache import cache_dir, exported_folder  # noqa: E402
-from .folder import PartBinding, check_part, find_files, signature_from_model  # noqa: E402
+from .folder import OnnxFolderError, PartBinding, check_part, find_files, signature_from_model  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
 
 LIBRARY_FORMAT = 1  # bump when the way libraries are built or called changes
@@ -88,19 +87,6 @@ def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target)
     return time.perf_counter() - t0
 
 
-def write_library(executable: Any, path: Path) -> None:
-    """export_library to a temporary name beside `path`, then rename: a reader never sees half a library."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.so", dir=path.parent)
-    os.close(fd)
-    try:
-        executable.export_library(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def weights_of(model: onnx.ModelProto, device: Any) -> list[Any]:
     """The initializers, in graph order: the order from_onnx appends them to main's parameters."""
     return [tvm.runtime.tensor(np.ascontiguousarray(numpy_helper.to_array(t)), device) for t in model.graph.initializer]
@@ -120,7 +106,10 @@ class TVMOnnxBackend(OptimumBackend):
         self.inputs: dict[str, list[str]] = {}
         bindings: dict[str, PartBinding] = {}
         for part, path in find_files(folder, fp16).items():
-            model = onnx.load(str(path))
+            try:
+                model = onnx.load(str(path))
+            except Exception as e:  # onnx raises protobuf's DecodeError and others for damaged files
+                raise OnnxFolderError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from e
             bindings[part] = check_part(part, path, signature_from_model(model), checkpoint.dims)
             specialize(model, checkpoint.dims)
             library = library_dir / f"{part}-{graph_key(model, self.target)}.so"

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import tvm  # noqa: E402,I001
 from tvm import relax  # noqa: E402
 
 from reference.dims import ModelDims
+from reference.files import atomic_path
 
 from ..cache import cache_dir
 from . import threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
@@ -100,19 +100,17 @@ def compile_library(cfg: ModelConfig, path: Path, target: tvm.target.Target | No
     mod = _add_config_function(cfg, build_module(cfg))
     with target:
         mod = _pipeline()(mod)
-    ex = tvm.compile(mod, target, relax_pipeline=None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.so", dir=path.parent)
-    os.close(fd)
-    try:
-        ex.export_library(tmp)
-        os.replace(tmp, path)  # atomic on POSIX within one folder
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_library(tvm.compile(mod, target, relax_pipeline=None), path)
     if not quiet:
         print(f"whisperkv: compiled in {time.perf_counter() - t0:.1f} s -> {path}", file=sys.stderr, flush=True)
     return path
+
+
+def write_library(executable: Any, path: Path) -> None:
+    """export_library through a temporary name beside `path`: a reader never sees half a library."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".so") as tmp:
+        executable.export_library(str(tmp))
 
 
 def read_config(vm: relax.VirtualMachine) -> dict:
@@ -151,7 +149,11 @@ def load_library(cfg: ModelConfig, path: Path | str | None = None, compile_if_mi
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     vm = _LOADED.get(key)
     if vm is None:
-        lib = tvm.runtime.load_module(str(path))
+        try:
+            lib = tvm.runtime.load_module(str(path))
+        except Exception as e:  # a damaged or foreign file: TVM raises its own error types
+            raise LibraryMismatchError(f"{path}: not a loadable TVM library ({str(e).splitlines()[0][:200]}); "
+                                       "delete it or run `whisperkv compile --force`") from e
         vm = relax.VirtualMachine(lib, tvm.cpu())
     check_library(vm, cfg, path)  # also for a cached VM: the same file may be asked for by another config
     _LOADED[key] = vm

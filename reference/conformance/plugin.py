@@ -62,4 +62,23 @@ class Suite:
 
 @pytest.fixture(scope="session")
 def whisperkv_suite(request: pytest.FixtureRequest) -> Suite:
-    return Suite(request.config)
+    suite = request.config.stash.get(_SUITE, None)
+    return suite if suite is not None else Suite(request.config)  # Suite() raises the missing-option error
+
+
+_SUITE = pytest.StashKey[Suite]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --candidate, build the suite before any test runs, so bad input is one usage error, not 9 errors."""
+    if not session.config.getoption("--candidate"):
+        return
+    from ..audio import AudioError
+    from ..registry import BackendUnavailable
+    from ..tokenizer import TokenizerError
+    from ..weights import CheckpointError
+
+    try:
+        session.config.stash[_SUITE] = Suite(session.config)
+    except (AudioError, CheckpointError, TokenizerError, BackendUnavailable) as e:
+        raise pytest.UsageError(f"whisperkv conformance: {e}") from e
