@@ -22,20 +22,13 @@ def _transcribe(args: argparse.Namespace) -> int:
     # Read every file before printing anything: a bad file fails the run with no partial output.
     audio = [(path, load_audio(path)) for path in args.audio]
     model = load_model(args.model, backend=args.backend)
-    lines = []
     for path, samples in audio:
         t = model.transcribe(samples, language=args.language, task=args.task)
         t.audio = path
         if args.format == "json":
-            lines.append(json.dumps({
-                "audio": path, "backend": t.backend, "text": t.text, "tokens": t.tokens,
-                "windows": [{"start": w.start, "tokens": w.tokens, "no_speech_prob": w.no_speech_prob,
-                             "avg_logprob": w.avg_logprob, "finished": w.finished} for w in t.windows],
-                "no_speech_prob": t.no_speech_prob, "avg_logprob": t.avg_logprob,
-            }, ensure_ascii=False))
+            print(json.dumps(t.as_dict(), ensure_ascii=False), flush=True)
         else:
-            lines.append(t.text if len(audio) == 1 else f"{path}: {t.text}")
-        print(lines[-1], flush=True)
+            print(t.text if len(audio) == 1 else f"{path}: {t.text}", flush=True)
     return 0
 
 

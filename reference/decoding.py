@@ -75,13 +75,18 @@ def suppression_ids(tokenizer: Tokenizer, spec: Sequence[int] | str | None) -> l
     if spec is None or spec == "":
         return []
     ids = [int(t) for t in spec.split(",")] if isinstance(spec, str) else [int(t) for t in spec]
-    out = set(t for t in ids if t >= 0)
+    out = set(t for t in ids if t >= 0) | set(tokenizer.control_tokens)  # always suppressed, as in openai-whisper
     if -1 in ids:
-        out |= set(tokenizer.suppress_tokens())
-    out |= {tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm}
-    if tokenizer.no_speech is not None:
-        out.add(tokenizer.no_speech)
+        out |= set(tokenizer.non_speech_tokens)
     return sorted(out)
+
+
+def apply_filters(filters: Sequence[LogitFilter], logits: np.ndarray, sampled: Sequence[int]) -> tuple[int, np.ndarray]:
+    """-> (the greedy token, the filtered float32 copy of the logits). NaN never wins the argmax."""
+    filtered = np.array(logits, dtype=np.float32)  # a copy: the filters write into it
+    for f in filters:
+        f.apply(filtered, sampled)
+    return int(np.argmax(np.nan_to_num(filtered, nan=-np.inf))), filtered
 
 
 def build_filters(tokenizer: Tokenizer, options: DecodingOptions) -> list[LogitFilter]:
@@ -215,10 +220,7 @@ class WindowRun:
         raise RuntimeError("advance() after DONE")
 
     def _choose(self, state: State, step: int, inputs: tuple[int, ...], logits: np.ndarray) -> TraceEvent | None:
-        logits = np.array(logits, dtype=np.float32)  # a copy: the filters write into it
-        for f in self.d.filters:
-            f.apply(logits, self.sampled)
-        token = int(np.argmax(logits))
+        token, logits = apply_filters(self.d.filters, logits, self.sampled)
         logprob = chosen_logprob(logits, token)
         self.sum_logprob += logprob
         tok = self.d.tokenizer

@@ -129,13 +129,11 @@ class Tokenizer:
                     result.add(ids[0])
         return sorted(result)
 
-    def suppress_tokens(self) -> list[int]:
-        """openai-whisper's default `suppress_tokens="-1"`: non-speech symbols plus the task/control tokens."""
-        ids = set(self.non_speech_tokens)
-        ids |= {self.transcribe, self.translate, self.sot, self.sot_prev, self.sot_lm}
-        if self.no_speech is not None:
-            ids.add(self.no_speech)
-        return sorted(ids)
+    @cached_property
+    def control_tokens(self) -> list[int]:
+        """Tokens a transcript never contains: task, start, previous-text, LM and <|nocaptions|>."""
+        ids = {self.transcribe, self.translate, self.sot, self.sot_prev, self.sot_lm}
+        return sorted(ids | ({self.no_speech} if self.no_speech is not None else set()))
 
     def encode(self, text: str) -> list[int]:
         return self.bpe.encode(text, add_special_tokens=False).ids

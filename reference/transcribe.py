@@ -70,10 +70,10 @@ class Whisper:
         """A file (or 16 kHz mono float32 samples) -> Transcript, window after window of 30 s."""
         name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
         samples = load_audio(audio) if not isinstance(audio, np.ndarray) else audio.astype(np.float32)
-        options = DecodingOptions(language=language, task=task, **decode_options)
+        decoder = Decoder(self.backend, self.tokenizer, DecodingOptions(language=language, task=task, **decode_options))
         windows: list[Window] = []
         for seek, mel in mel_windows(samples, self.dims.n_mels, self.dims.n_mel_frames):
-            r = self.decode(mel, options)
+            r = decoder.run(self.backend.encode(mel[None]))
             silent = (no_speech_threshold is not None and r.no_speech_prob > no_speech_threshold
                       and (logprob_threshold is None or r.avg_logprob < logprob_threshold))
             windows.append(Window(start=seek * HOP_LENGTH / SAMPLE_RATE, tokens=[] if silent else r.tokens,

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import kv as kvslots
 from .backend import Backend
-from .decoding import DecodingOptions, build_filters
+from .decoding import Decoder, DecodingOptions, apply_filters
 from .model import NumpyModel
 from .mutants import MUTANTS, make_mutant
 from .tokenizer import Tokenizer
@@ -108,15 +108,11 @@ class Lockstep:
     def __init__(self, reference: Backend, candidate: Backend, tokenizer: Tokenizer, tolerance: Tolerance,
                  options: DecodingOptions) -> None:
         self.ref, self.cand, self.tok, self.tol = reference, candidate, tokenizer, tolerance
-        self.filters = build_filters(tokenizer, options)
-        self.start = tokenizer.sot_sequence(options.language, options.task)
-        self.sample_len = options.sample_len or reference.dims.n_text_ctx // 2
+        rules = Decoder(reference, tokenizer, options)  # the decoding rules both sides are judged by
+        self.filters, self.start, self.sample_len = rules.filters, rules.start_sequence, rules.sample_len
 
     def choose(self, logits: np.ndarray, sampled: Sequence[int]) -> tuple[int, np.ndarray]:
-        filtered = np.array(logits, dtype=np.float32)
-        for f in self.filters:
-            f.apply(filtered, sampled)
-        return int(np.argmax(np.nan_to_num(filtered, nan=-np.inf))), filtered
+        return apply_filters(self.filters, logits, sampled)
 
     def compare_slots(self, stage: Stage, ref_kv: list, cand_kv: list, which: Sequence[int]) -> None:
         stage.ref_slot_shapes = [list(s.shape) for s in ref_kv]
