@@ -90,7 +90,7 @@ def _kaiser_beta(attenuation_db: float) -> float:
     return 0.1102 * (attenuation_db - 8.7)
 
 
-def _filter_half_length(up: int, down: int, orig_sr: int, new_sr: int) -> int:
+def _filter_half_length(up: int, orig_sr: int, new_sr: int) -> int:
     """Half length D (in upsampled samples) of the lowpass: it spans [-D, D]."""
     nyquist = min(orig_sr, new_sr) / 2
     transition = 2 * (1 - _ROLLOFF) * nyquist / (orig_sr * up)  # full width, cycles per upsampled sample
@@ -142,7 +142,7 @@ def _polyphase_rows(orig_sr: int, new_sr: int, n_rows: int) -> tuple[np.ndarray,
     """
     g = gcd(orig_sr, new_sr)
     up, down = new_sr // g, orig_sr // g
-    half = _filter_half_length(up, down, orig_sr, new_sr)
+    half = _filter_half_length(up, orig_sr, new_sr)
     n_taps = 2 * half // up + 1  # input samples any one output depends on (at most)
     q, p = np.divmod(np.arange(n_rows) * down + half, up)
     offsets = p[:, None] - half + up * np.arange(n_taps)[None, :]  # [n_rows, n_taps]

@@ -275,7 +275,7 @@ def test_polyphase_equals_zero_stuff_filter_decimate(orig_sr: int, new_sr: int) 
     whole filter, keep every down-th sample', done here the slow way in float64."""
     g = gcd(orig_sr, new_sr)
     up, down = new_sr // g, orig_sr // g
-    half = A._filter_half_length(up, down, orig_sr, new_sr)
+    half = A._filter_half_length(up, orig_sr, new_sr)
     h = A._lowpass(np.arange(-half, half + 1, dtype=np.float64), up, orig_sr, new_sr, half)
     x = np.random.default_rng(orig_sr).uniform(-1, 1, 700)
     stuffed = np.zeros(len(x) * up)

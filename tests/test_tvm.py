@@ -163,9 +163,6 @@ def greedy_agreement(tvm_model, ref, mel: np.ndarray, start: list[int], max_step
     return "agree", max_steps
 
 
-TIES: list[tuple[str, int]] = []
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(name=configs, seed=seeds, data=st.data())
@@ -173,9 +170,10 @@ def test_greedy_sequences_agree(libraries, name: str, seed: int, data: st.DataOb
     tvm_model, ref = make_pair(libraries, name, seed)
     d = ref.dims
     start = data.draw(st.lists(st.integers(0, d.n_vocab - 1), min_size=1, max_size=3), label="start sequence")
-    outcome, step = greedy_agreement(tvm_model, ref, random_mel(d, seed), start, d.n_text_ctx - len(start))
-    if outcome == "tie":
-        TIES.append((name, step))
+    # greedy_agreement fails the test on a divergence; a tie (possible with random weights) ends the
+    # comparison and is accepted, as the agreement rule says. Real audio must have none: see below.
+    outcome, _ = greedy_agreement(tvm_model, ref, random_mel(d, seed), start, d.n_text_ctx - len(start))
+    assert outcome in ("agree", "tie")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,7 +203,8 @@ def test_tiny_en_agrees_with_reference_on_clip(tiny_en, tiny_tvm, clip: str) -> 
         ref_events = [e for e in ref_run.events if e.token is not None]
         tvm_events = [e for e in tvm_run.events if e.token is not None]
         for i, (r, t) in enumerate(zip(ref_events, tvm_events, strict=False)):
-            # Top filtered logits agree within the tolerance (real logits are O(10)).
+            # Top filtered logits agree within 10x TOLERANCE of the logit scale: the real model is deeper
+            # than the random small ones TOLERANCE was set on (observed ~1e-5 here; a bug moves them by O(1)).
             scale = max(1.0, abs(r.top[0][1]))
             want = dict(r.top)
             for tok, logit in t.top:
@@ -216,6 +215,7 @@ def test_tiny_en_agrees_with_reference_on_clip(tiny_en, tiny_tvm, clip: str) -> 
                 f"{clip} @ frame {seek}, step {i}: tvm {t.token} vs numpy {r.token} "
                 f"(reference margin {r.margin:.3g}{', a tie' if r.margin < TIE_MARGIN * scale else ''})")
         assert tvm_run.tokens == ref_run.tokens and tvm_run.text == ref_run.text
+        # one float32 softmax at the SOT position each; 1e-4 catches a read at the wrong position (O(0.01..1))
         assert abs(tvm_run.no_speech_prob - ref_run.no_speech_prob) < 1e-4
 
 
