@@ -108,7 +108,7 @@ class Timed:
 
 
 def load_clips(names: list[str]):
-    from reference.audio import SAMPLE_RATE, load_audio
+    from whisperkv.reference.audio import SAMPLE_RATE, load_audio
 
     out = {}
     for name in names:
@@ -120,8 +120,8 @@ def load_clips(names: list[str]):
 
 def whisperkv_runner(backend_name: str):
     """-> (run(audio) -> (text, tokens), stage times dict, setup info) for a whisperkv backend."""
-    import reference.transcribe as tr
-    from reference import load_model
+    import whisperkv.reference.transcribe as tr
+    from whisperkv.reference import load_model
 
     t = time.perf_counter()
     # onnxruntime sizes its pool itself (not from OMP/TVM variables): give it the same count as the others
@@ -152,7 +152,7 @@ def whisperkv_runner(backend_name: str):
 def fw_runner(compute_type: str, threads: int):
     from faster_whisper import WhisperModel
 
-    from reference.weights import load_checkpoint
+    from whisperkv.reference.weights import load_checkpoint
 
     t = time.perf_counter()
     fw = WhisperModel(str(load_checkpoint().path), device="cpu", compute_type=compute_type, cpu_threads=threads,
@@ -169,12 +169,12 @@ def fw_runner(compute_type: str, threads: int):
 
 def child_cold(engine: str) -> dict:
     """A backend's first use on a new machine: import, export / compile into the (empty) cache, load."""
-    from backends import get_backend
-    from reference.weights import load_checkpoint
+    from whisperkv.reference.registry import create_backend
+    from whisperkv.reference.weights import load_checkpoint
 
     checkpoint = load_checkpoint()  # not timed: every engine pays it
     t = time.perf_counter()
-    get_backend(COLD[engine], checkpoint)
+    create_backend(COLD[engine], checkpoint)
     seconds = time.perf_counter() - t
     n = len(list(Path(os.environ["WHISPERKV_CACHE_DIR"]).rglob("*.so")))
     return {"cold_s": seconds, "libraries": n, "rss_mb": peak_rss_mb()}

@@ -19,7 +19,7 @@ CLIP = "fixtures/audio/pocketsphinx_goforward.wav"
 
 
 def run(*args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", "reference", *args], cwd=ROOT, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "whisperkv", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
     if p.returncode not in (0, 1):  # verify exits 1 on a divergence, which is what some examples show
         raise SystemExit(f"whisperkv {' '.join(args)} failed: {p.stderr}")
@@ -115,7 +115,7 @@ def main() -> int:
             return 1
         return 0
     sys.path.insert(0, str(ROOT))
-    from reference.files import atomic_path
+    from whisperkv.reference.files import atomic_path
 
     with atomic_path(DOC, suffix=".md") as tmp:
         tmp.write_text(text)

@@ -20,6 +20,8 @@ from math import ceil, gcd, pi
 import numpy as np
 import soundfile as sf
 
+from .errors import InputError
+
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -28,7 +30,7 @@ N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in one 30 s window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in one window
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """An audio file that cannot be used; the message is one line, `"{path}: {problem}"`."""
 
     def __init__(self, path: str | os.PathLike, problem: str) -> None:
@@ -315,3 +317,33 @@ def mel_windows(
         window = np.pad(mel[:, seek : seek + size], ((0, 0), (0, n_frames - size)))
         windows.append((seek, np.ascontiguousarray(window, dtype=np.float32)))
     return windows
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: a file or an array, validated once, read window by window
+
+
+class Audio:
+    """Validated audio (a file or an array of 16 kHz samples), read as log-mel windows.
+
+    Interim form: holds the samples. (To be replaced by a streaming reader whose memory is bounded by
+    the window, not the file.)
+    """
+
+    def __init__(self, name: str, samples: np.ndarray, n_mels: int) -> None:
+        self.name, self.samples, self.n_mels = name, samples, n_mels
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+    def mel_windows(self, n_frames: int = N_FRAMES):
+        return mel_windows(self.samples, self.n_mels, n_frames)
+
+
+def open_audio(source: str | os.PathLike | np.ndarray | Audio, n_mels: int = 80) -> Audio:
+    if isinstance(source, Audio):
+        return source
+    if isinstance(source, np.ndarray):
+        return Audio("<array>", source.astype(np.float32), n_mels)
+    return Audio(os.fspath(source), load_audio(source), n_mels)

@@ -1,84 +1,78 @@
-"""Backend names -> constructors. The only door from reference/ into backends/ (imported lazily)."""
+"""Backend names -> backends, found through entry points; the reference never imports a backend by name.
+
+A backend package (whisperkv's own `whisperkv.backends`, or a third party's) plugs in by declaring, in
+its pyproject.toml:
+
+    [project.entry-points."whisperkv.backends"]
+    mybackend = "mypackage.module:MyBackend"      # MyBackend(checkpoint, **options) -> a Backend
+
+    [project.entry-points."whisperkv.folders"]
+    mykind = "mypackage.module:open_folder"       # open_folder(path, checkpoint) -> a Backend
+
+A folder opener that does not recognise a folder raises `FolderNotRecognised` saying what it looked for;
+the next opener is tried. Errors a backend raises derive from `InputError` (reference/errors.py).
+"""
 
 from __future__ import annotations
 
-import importlib
+import os
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from .backend import Backend
+from .errors import InputError
 from .weights import Checkpoint
 
+BACKEND_GROUP = "whisperkv.backends"
+FOLDER_GROUP = "whisperkv.folders"
+REFERENCE = "numpy"  # the reference model itself, always available
 
-class BackendUnavailable(ValueError):
+
+class BackendUnavailable(InputError):
     """A backend that cannot be created here (unknown name, or its optional package is not installed)."""
 
 
+class FolderNotRecognised(InputError):
+    """Raised by a folder opener for a folder that is not of its kind; the message says what it expected."""
+
+
+def _entry_points(group: str) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
 def available_backends() -> list[str]:
-    names = ["numpy"]
+    """`numpy` and every installed backend's name (none of them is imported)."""
+    return [REFERENCE] + sorted(n for n in _entry_points(BACKEND_GROUP) if n != REFERENCE)
+
+
+def _load(ep: EntryPoint, what: str) -> Any:
     try:
-        names += [n for n in importlib.import_module("backends").BACKENDS if n != "numpy"]
-    except ImportError:
-        pass
-    return names
+        return ep.load()
+    except ImportError as e:
+        raise BackendUnavailable(f"{what} {ep.name!r} needs a package that is not installed: {e}") from e
 
 
 def create_backend(name: str, checkpoint: Checkpoint, **options: Any) -> Backend:
-    if name == "numpy":
+    if name == REFERENCE:
         from .model import NumpyModel
 
         return NumpyModel(checkpoint)
-    try:
-        backends = importlib.import_module("backends")
-    except ImportError as e:
-        raise BackendUnavailable(f"backend {name!r} is not available: {e}") from e
-    return backends.get_backend(name, checkpoint, **options)
+    known = _entry_points(BACKEND_GROUP)
+    if name not in known:
+        raise BackendUnavailable(f"unknown backend {name!r} (installed: {', '.join(available_backends())})")
+    return _load(known[name], "backend")(checkpoint, **options)
 
 
-def resolve_candidate(spec: str, checkpoint: Checkpoint, tokenizer: Any) -> Backend:
-    """A `--candidate` SPEC -> a backend.
-
-    - a backend name (`numpy`, `tvm`, ...)
-    - `mutant:NAME`: a built-in buggy variant of the reference (reference/mutants.py), for demonstration
-    - `python:MODULE:FACTORY`: FACTORY(checkpoint) from an importable module, returning a protocol object
-    - a folder: handed to `backends.open_folder` (an Optimum ONNX export, compiled libraries, ...)
-    """
-    from pathlib import Path
-
-    if spec.startswith("mutant:"):
-        from .mutants import MUTANTS, make_mutant
-
-        name = spec.split(":", 1)[1]
-        if name not in MUTANTS:
-            raise BackendUnavailable(f"unknown mutant {name!r} (known: {', '.join(MUTANTS)})")
-        return make_mutant(name, checkpoint, tokenizer)
-    if spec.startswith("python:"):
-        parts = spec.split(":")
-        if len(parts) != 3:
-            raise BackendUnavailable(f"--candidate {spec!r}: expected python:MODULE:FACTORY")
+def open_folder(path: str | os.PathLike, checkpoint: Checkpoint) -> Backend:
+    """A folder of model files (an ONNX export, compiled libraries, ...) -> the backend that runs it."""
+    folder = Path(path)
+    reasons = []
+    for ep in _entry_points(FOLDER_GROUP).values():
         try:
-            module = importlib.import_module(parts[1])
-        except ImportError as e:
-            raise BackendUnavailable(f"--candidate {spec!r}: cannot import {parts[1]} ({e})") from e
-        factory = getattr(module, parts[2], None)
-        if factory is None:
-            raise BackendUnavailable(f"--candidate {spec!r}: {parts[1]} has no {parts[2]}")
-        try:
-            backend = factory(checkpoint)
-        except Exception as e:  # a user's factory: any failure is a bad candidate, reported in one line
-            raise BackendUnavailable(f"--candidate {spec!r}: {parts[2]}(checkpoint) failed: "
-                                     f"{type(e).__name__}: {e}") from e
-        if not isinstance(backend, Backend):
-            raise BackendUnavailable(f"--candidate {spec!r}: {parts[2]}(checkpoint) returned a "
-                                     f"{type(backend).__name__}, not an object with the backend protocol's "
-                                     "name, dims, encode, zero_kv, prefill, step and to_numpy")
-        return backend
-    if Path(spec).is_dir():
-        try:
-            open_folder = importlib.import_module("backends").open_folder
-        except (ImportError, AttributeError) as e:
-            raise BackendUnavailable(f"{spec}: no installed backend opens folders ({e})") from e
-        return open_folder(spec, checkpoint)
-    if spec in available_backends():
-        return create_backend(spec, checkpoint)
-    raise BackendUnavailable(f"--candidate {spec!r}: not a backend name ({', '.join(available_backends())}), "
-                     "mutant:NAME, python:MODULE:FACTORY or a folder")
+            return _load(ep, "folder opener")(folder, checkpoint)
+        except FolderNotRecognised as e:
+            reasons.append(str(e))
+    if not reasons:
+        raise BackendUnavailable(f"{folder}: no installed backend opens folders (pip install 'whisperkv[onnx]')")
+    raise BackendUnavailable(f"{folder}: " + "; ".join(reasons))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from .errors import InputError
+
 # openai-whisper's `non_speech_tokens`: symbols that are never speech, suppressed by default.
 _NON_SPEECH_SYMBOLS = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』') + (
     "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
@@ -22,7 +24,7 @@ _MUSIC_SYMBOLS = set("♩♪♫♬♭♮♯")
 TIMESTAMP_SECONDS = 0.02  # one timestamp token per 20 ms: 1501 tokens for 0.00 .. 30.00
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     pass
 
 

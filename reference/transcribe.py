@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .audio import HOP_LENGTH, SAMPLE_RATE, load_audio, mel_windows
+from .audio import HOP_LENGTH, SAMPLE_RATE, Audio, open_audio
 from .backend import Backend
 from .decoding import Decoder, DecodingOptions, DecodingResult, EventSink
 from .registry import create_backend
@@ -64,27 +65,32 @@ class Whisper:
         features = self.backend.encode(mel[None].astype(np.float32))
         return Decoder(self.backend, self.tokenizer, options, trace=trace).run(features, on_event)
 
-    def transcribe(self, audio: str | os.PathLike | np.ndarray, language: str | None = None,
+    def transcribe(self, audio: str | os.PathLike | np.ndarray | Audio, language: str | None = None,
                    task: str = "transcribe", no_speech_threshold: float | None = NO_SPEECH_THRESHOLD,
-                   logprob_threshold: float | None = LOGPROB_THRESHOLD, **decode_options: Any) -> Transcript:
-        """A file (or 16 kHz mono float32 samples) -> Transcript, window after window of 30 s."""
-        name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
-        samples = load_audio(audio) if not isinstance(audio, np.ndarray) else audio.astype(np.float32)
+                   logprob_threshold: float | None = LOGPROB_THRESHOLD,
+                   progress: Callable[[float], None] | None = None, **decode_options: Any) -> Transcript:
+        """A file (or 16 kHz mono float32 samples) -> Transcript, window after window of 30 s.
+
+        `progress`, if given, is called after each window with the seconds of audio done so far.
+        """
+        source = open_audio(audio, self.dims.n_mels)
         decoder = Decoder(self.backend, self.tokenizer, DecodingOptions(language=language, task=task, **decode_options))
         windows: list[Window] = []
-        for seek, mel in mel_windows(samples, self.dims.n_mels, self.dims.n_mel_frames):
+        for seek, mel in source.mel_windows(self.dims.n_mel_frames):
             r = decoder.run(self.backend.encode(mel[None]))
             silent = (no_speech_threshold is not None and r.no_speech_prob > no_speech_threshold
                       and (logprob_threshold is None or r.avg_logprob < logprob_threshold))
             windows.append(Window(start=seek * HOP_LENGTH / SAMPLE_RATE, tokens=[] if silent else r.tokens,
                                   text="" if silent else r.text, no_speech_prob=r.no_speech_prob,
                                   avg_logprob=r.avg_logprob, finished="no_speech" if silent else r.finished))
+            if progress is not None:
+                progress(min(source.duration, (seek + self.dims.n_mel_frames) * HOP_LENGTH / SAMPLE_RATE))
         tokens = [t for w in windows for t in w.tokens]
         # Per file: avg_logprob weighted by tokens (+1 for each window's EOT, as per window); the file
         # counts as silent only as much as its most speech-like window.
         weights = [len(w.tokens) + 1 for w in windows]
         return Transcript(
-            audio=name, backend=self.backend.name, text=self.tokenizer.decode(tokens).strip(), tokens=tokens,
+            audio=source.name, backend=self.backend.name, text=self.tokenizer.decode(tokens).strip(), tokens=tokens,
             windows=windows,
             no_speech_prob=min((w.no_speech_prob for w in windows), default=1.0),
             avg_logprob=(float(np.average([w.avg_logprob for w in windows], weights=weights)) if windows else 0.0),

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from .dims import ModelDims
+from .errors import InputError
 from .files import atomic_path
 
 Weights = dict[str, np.ndarray]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file that cannot be used; the message names the file and the tensor."""
 
 

@@ -24,7 +24,7 @@ WER_REPORT: dict[str, tuple[float, str, str]] = {}
 
 @pytest.fixture(scope="session")
 def tiny_en():
-    from reference import load_model
+    from whisperkv.reference import load_model
 
     return load_model()
 

@@ -12,8 +12,8 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference import audio as A
-from reference.audio import (
+from whisperkv.reference import audio as A
+from whisperkv.reference.audio import (
     HOP_LENGTH,
     N_FRAMES,
     N_SAMPLES,

@@ -18,7 +18,7 @@ LJSPEECH = AUDIO_DIR / "ljspeech_LJ001-0001_to_0008_concat.wav"
 
 
 def whisperkv(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reference", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "whisperkv", *map(str, args)], capture_output=True, text=True,
                           timeout=600)
 
 
@@ -87,7 +87,7 @@ def test_bad_audio_is_a_one_line_error_with_exit_2_and_no_output(tmp_path: Path)
 
 
 def test_bad_model_is_a_one_line_error(tmp_path: Path) -> None:
-    from reference.weights import default_model_dir
+    from whisperkv.reference.weights import default_model_dir
 
     src = default_model_dir()
     broken = tmp_path / "broken"
@@ -104,7 +104,7 @@ def test_bad_model_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_a_hugging_face_folder_transcribes_like_the_bundled_model(tiny_en, tmp_path: Path) -> None:
-    from reference.weights import save_huggingface
+    from whisperkv.reference.weights import save_huggingface
 
     folder = save_huggingface(tiny_en.checkpoint, tmp_path / "hf-tiny.en", dtype="float16")
     p = whisperkv("transcribe", JFK, "--model", folder, "--format", "json")

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from reference import kv as kvslots
-from reference.decoding import Decoder, DecodingOptions, State, suppression_ids
-from reference.dims import ModelDims
-from reference.tokenizer import Tokenizer, TokenizerError
-from reference.weights import default_model_dir
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.decoding import Decoder, DecodingOptions, State, suppression_ids
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.tokenizer import Tokenizer, TokenizerError
+from whisperkv.reference.weights import default_model_dir
 
 EN_TOKENIZER = default_model_dir() / "tokenizer.json"
 DIMS = ModelDims(n_mels=2, n_audio_ctx=3, n_audio_state=4, n_audio_head=1, n_audio_layer=1, n_vocab=51864,

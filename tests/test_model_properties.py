@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference import kv as kvslots
-from reference.dims import ModelDims
-from reference.model import NumpyModel
-from reference.weights import random_weights
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.model import NumpyModel
+from whisperkv.reference.weights import random_weights
 
 
 @st.composite

@@ -15,22 +15,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference import kv as kvslots
-from reference.audio import load_audio, mel_windows
-from reference.decoding import Decoder, DecodingResult
-from reference.dims import ModelDims
-from reference.model import NumpyModel
-from reference.weights import Checkpoint, random_weights
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.audio import load_audio, mel_windows
+from whisperkv.reference.decoding import Decoder, DecodingResult
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.model import NumpyModel
+from whisperkv.reference.weights import Checkpoint, random_weights
 
 from .conftest import AUDIO_DIR, CLIPS
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from backends.onnx import layout  # noqa: E402
-from backends.onnx.export import build_models, export_onnx  # noqa: E402
-from backends.onnx.folder import OnnxFolderError, check_part, signature_from_model  # noqa: E402
-from backends.onnx.ort import OnnxRuntimeBackend  # noqa: E402
+from whisperkv.backends.onnx import layout  # noqa: E402
+from whisperkv.backends.onnx.export import build_models, export_onnx  # noqa: E402
+from whisperkv.backends.onnx.folder import OnnxFolderError, check_part, signature_from_model  # noqa: E402
+from whisperkv.backends.onnx.ort import OnnxRuntimeBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -352,7 +352,7 @@ def test_importer_rejects_a_wrong_dtype_from_the_model_file(small_folder: Path, 
 
 
 def test_seed_pipeline_fails_and_the_state_machine_fixes_it(tiny_en, ort_fp32, reference_windows) -> None:
-    from backends.onnx.seed_demo import DEFAULT_AUDIO, format_report, run_demo
+    from whisperkv.backends.onnx.seed_demo import DEFAULT_AUDIO, format_report, run_demo
 
     tok = tiny_en.tokenizer
     rows, right_start = run_demo(ort_fp32, tok, DEFAULT_AUDIO)
@@ -375,7 +375,7 @@ def test_seed_pipeline_fails_and_the_state_machine_fixes_it(tiny_en, ort_fp32, r
 @pytest.fixture(scope="module")
 def tvm_onnx():
     pytest.importorskip("tvm")
-    from backends.onnx import tvm_onnx
+    from whisperkv.backends.onnx import tvm_onnx
 
     return tvm_onnx
 
@@ -403,8 +403,8 @@ def test_tvm_onnx_tokens_equal_reference_on_real_speech(tvm_onnx, tiny_en, onnx_
 
 
 def test_export_onnx_command_writes_the_fp16_folder(tmp_path: Path, capsys) -> None:
-    from backends.onnx.cli import main
-    from reference.weights import save_huggingface
+    from whisperkv.backends.onnx.cli import main
+    from whisperkv.reference.weights import save_huggingface
 
     save_huggingface(small_checkpoint(SMALL), tmp_path / "model")
     assert main(["export-onnx", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--fp16"]) == 0

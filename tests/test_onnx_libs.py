@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference.dims import ModelDims
-from reference.model import NumpyModel
-from reference.registry import BackendUnavailable, resolve_candidate
-from reference.tokenizer import Tokenizer
-from reference.verify import verify
-from reference.weights import Checkpoint, default_model_dir, random_weights
+from whisperkv.reference.checks.candidates import resolve_candidate
+from whisperkv.reference.checks.verify import verify
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.model import NumpyModel
+from whisperkv.reference.registry import BackendUnavailable
+from whisperkv.reference.tokenizer import Tokenizer
+from whisperkv.reference.weights import Checkpoint, default_model_dir, random_weights
 
 from .conftest import AUDIO_DIR
 from .test_onnx import SMALL_ATOL, compare_with_reference
@@ -31,9 +32,9 @@ from .test_onnx import SMALL_ATOL, compare_with_reference
 pytest.importorskip("onnx")
 pytest.importorskip("tvm")
 
-from backends import open_folder  # noqa: E402
-from backends.onnx import layout, tvm_libs  # noqa: E402
-from backends.onnx.folder import OnnxFolderError  # noqa: E402
+from whisperkv.backends import open_folder  # noqa: E402
+from whisperkv.backends.onnx import layout, tvm_libs  # noqa: E402
+from whisperkv.backends.onnx.folder import OnnxFolderError  # noqa: E402
 
 # tiny dims, tiny.en's vocabulary; n_text_ctx 16 -> verify samples at most 8 tokens per window
 DIMS = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2, n_vocab=51864,
@@ -138,7 +139,7 @@ def test_cli_verify_on_a_real_tiny_en_seed_style_folder(tiny_en, tmp_path: Path)
     # The seed's case: tiny.en's three Optimum models, each compiled the plain way to a .so, no .onnx.
     tvm_libs.compile_seed_style_folder(tiny_en.checkpoint, tmp_path)
     clip = AUDIO_DIR / "pocketsphinx_goforward.wav"  # one window, 5 sampled tokens
-    p = subprocess.run([sys.executable, "-m", "reference", "verify", str(clip), "--candidate", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "whisperkv", "verify", str(clip), "--candidate", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "candidate tvm-libs" in p.stdout and "AGREE" in p.stdout and "0 tie(s)" in p.stdout

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference import kv as kvslots
-from reference.audio import load_audio, mel_windows
-from reference.dims import ModelDims
-from reference.model import NumpyModel
-from reference.tokenizer import Tokenizer
-from reference.verify import verify
-from reference.weights import Checkpoint, default_model_dir, random_weights
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.audio import load_audio, mel_windows
+from whisperkv.reference.checks.verify import verify
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.model import NumpyModel
+from whisperkv.reference.tokenizer import Tokenizer
+from whisperkv.reference.weights import Checkpoint, default_model_dir, random_weights
 
 from .conftest import AUDIO_DIR
 from .test_onnx import (
@@ -41,10 +41,10 @@ from .test_onnx import (
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from backends.onnx import layout  # noqa: E402
-from backends.onnx.export import build_models, export_onnx, merge_decoders  # noqa: E402
-from backends.onnx.folder import OnnxFolderError, check_part, signature_from_model  # noqa: E402
-from backends.onnx.ort import OnnxRuntimeBackend  # noqa: E402
+from whisperkv.backends.onnx import layout  # noqa: E402
+from whisperkv.backends.onnx.export import build_models, export_onnx, merge_decoders  # noqa: E402
+from whisperkv.backends.onnx.folder import OnnxFolderError, check_part, signature_from_model  # noqa: E402
+from whisperkv.backends.onnx.ort import OnnxRuntimeBackend  # noqa: E402
 
 SEPARATE = (layout.DECODER, layout.DECODER_WITH_PAST)
 
@@ -136,8 +136,8 @@ def test_the_cached_branch_encoder_presents(mode: str) -> None:
 
 
 def test_export_onnx_command_writes_the_merged_file_too(tmp_path: Path) -> None:
-    from backends.onnx.cli import main
-    from reference.weights import save_huggingface
+    from whisperkv.backends.onnx.cli import main
+    from whisperkv.reference.weights import save_huggingface
 
     save_huggingface(small_checkpoint(SMALL), tmp_path / "model")
     assert main(["export-onnx", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--merged"]) == 0
@@ -211,7 +211,7 @@ VERIFY_DIMS = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2
 
 
 def test_verify_agrees_on_a_merged_folder_opened_as_a_candidate(tmp_path: Path) -> None:
-    from backends import open_folder
+    from whisperkv.backends import open_folder
 
     ck = Checkpoint(VERIFY_DIMS, random_weights(VERIFY_DIMS, 8), Path("/nonexistent"), "float32", "random")
     candidate = open_folder(merged_folder(ck, tmp_path), ck)  # `whisperkv verify --candidate FOLDER`'s route

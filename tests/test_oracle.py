@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from reference.audio import load_audio, mel_windows
+from whisperkv.reference.audio import load_audio, mel_windows
 
 from .conftest import AUDIO_DIR, CLIPS, WER_REPORT, clip_manifest
 

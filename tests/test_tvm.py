@@ -14,17 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import backends.tvm.threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
+import whisperkv.backends.tvm.threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
 
 pytest.importorskip("tvm")
 
-from backends.tvm import TVMBackend  # noqa: E402
-from backends.tvm import compile as tvm_compile  # noqa: E402
-from backends.tvm.model import ModelConfig  # noqa: E402
-from reference import kv as kvslots  # noqa: E402
-from reference.dims import ModelDims  # noqa: E402
-from reference.model import NumpyModel  # noqa: E402
-from reference.weights import random_weights  # noqa: E402
+from whisperkv.backends.tvm import TVMBackend  # noqa: E402
+from whisperkv.backends.tvm import compile as tvm_compile  # noqa: E402
+from whisperkv.backends.tvm.model import ModelConfig  # noqa: E402
+from whisperkv.reference import kv as kvslots  # noqa: E402
+from whisperkv.reference.dims import ModelDims  # noqa: E402
+from whisperkv.reference.model import NumpyModel  # noqa: E402
+from whisperkv.reference.weights import random_weights  # noqa: E402
 
 from .conftest import AUDIO_DIR, CLIPS  # noqa: E402
 
@@ -193,8 +193,8 @@ def test_tiny_en_uses_fp16_weights_only_when_the_file_had_them(tiny_en, tiny_tvm
 
 @pytest.mark.parametrize("clip", CLIPS)
 def test_tiny_en_agrees_with_reference_on_clip(tiny_en, tiny_tvm, clip: str) -> None:
-    from reference.audio import load_audio, mel_windows
-    from reference.decoding import Decoder
+    from whisperkv.reference.audio import load_audio, mel_windows
+    from whisperkv.reference.decoding import Decoder
 
     audio = load_audio(AUDIO_DIR / clip)
     for seek, mel in mel_windows(audio, tiny_en.dims.n_mels):
@@ -260,9 +260,8 @@ def test_cache_write_is_atomic(libraries, tmp_path, monkeypatch) -> None:
     def killed(src, dst):
         raise KeyboardInterrupt
 
-    import reference.files
 
-    monkeypatch.setattr(reference.files.os, "replace", killed)  # the one atomic-write helper's rename
+    monkeypatch.setattr(whisperkv.reference.files.os, "replace", killed)  # the one atomic-write helper's rename
     with pytest.raises(KeyboardInterrupt):
         tvm_compile.compile_library(cfg, target, quiet=True)
     assert list(tmp_path.iterdir()) == []
@@ -288,7 +287,7 @@ def test_backend_stops_openblas_from_spinning_against_tvm(libraries) -> None:
     import ctypes
     import os
 
-    from backends.tvm import threads
+    from whisperkv.backends.tvm import threads
 
     np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32)  # numpy's OpenBLAS is loaded
     make_pair(libraries, "odd", 0)

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from reference import kv as kvslots
-from reference.audio import load_audio, mel_windows
-from reference.model import NumpyModel
-from reference.mutants import MUTANTS, make_mutant
-from reference.verify import Tolerance, distance, verify
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.audio import load_audio, mel_windows
+from whisperkv.reference.checks.mutants import MUTANTS, make_mutant
+from whisperkv.reference.checks.verify import Tolerance, distance, verify
+from whisperkv.reference.model import NumpyModel
 
 from .conftest import AUDIO_DIR, CLIPS
 
@@ -69,7 +69,7 @@ def test_the_reference_agrees_with_itself_on_every_clip(tiny_en, reference, clip
 
 @pytest.mark.parametrize("clip", CLIPS)
 def test_tvm_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
-    tvm_backend = pytest.importorskip("backends.tvm")
+    tvm_backend = pytest.importorskip("whisperkv.backends.tvm")
     candidate = tvm_backend.TVMBackend(tiny_en.checkpoint, quiet=True)
     report = verify(reference, candidate, tiny_en.tokenizer, tiny_en.checkpoint, windows(AUDIO_DIR / clip))
     assert report.agree, (report.first_divergence, report.diagnosis)
@@ -128,7 +128,7 @@ def test_distance_handles_infinities_and_shapes() -> None:
 
 
 def whisperkv(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reference", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "whisperkv", *map(str, args)], capture_output=True, text=True,
                           timeout=600)
 
 
@@ -161,14 +161,14 @@ def test_a_damaged_onnx_folder_is_a_one_line_error(tmp_path) -> None:
 
 def test_python_factory_candidates(tmp_path) -> None:
     (tmp_path / "my_backend.py").write_text(
-        "from reference.model import NumpyModel\n"
-        "from reference.mutants import PositionOffByOne\n"
+        "from whisperkv.reference.model import NumpyModel\n"
+        "from whisperkv.reference.checks.mutants import PositionOffByOne\n"
         "def good(checkpoint):\n    return NumpyModel(checkpoint)\n"
         "def bad(checkpoint):\n    return PositionOffByOne(checkpoint)\n"
     )
     env_path = f"{tmp_path}"
     run = lambda spec: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "reference", "verify", str(CLIP), "--candidate", spec], capture_output=True,
+        [sys.executable, "-m", "whisperkv", "verify", str(CLIP), "--candidate", spec], capture_output=True,
         text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": env_path},
     )
     assert run("python:my_backend:good").returncode == 0
@@ -197,7 +197,7 @@ def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) 
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from reference.plot import cross_attention_map, kv_growth
+    from whisperkv.reference.app.plot import cross_attention_map, kv_growth
 
     out = tmp_path / "trace.png"
     p = whisperkv("trace", CLIP, "--plot", out)
@@ -221,9 +221,9 @@ def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) 
 @pytest.mark.parametrize("clip", CLIPS)
 def test_onnxruntime_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
     pytest.importorskip("onnxruntime")
-    from backends import get_backend
+    from whisperkv.reference.registry import create_backend
 
-    candidate = get_backend("onnxruntime", tiny_en.checkpoint)  # the fp32 Optimum export, cached
+    candidate = create_backend("onnxruntime", tiny_en.checkpoint)  # the fp32 Optimum export, cached
     report = verify(reference, candidate, tiny_en.tokenizer, tiny_en.checkpoint, windows(AUDIO_DIR / clip))
     assert report.agree, (report.first_divergence, report.diagnosis)
     assert report.ties == 0

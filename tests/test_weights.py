@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference.dims import ModelDims
-from reference.weights import (
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.weights import (
     Checkpoint,
     CheckpointError,
     check_weights,

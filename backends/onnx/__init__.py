@@ -10,6 +10,6 @@ such folders (ours or anyone's) through the backend protocol with onnxruntime or
     seed_demo.py the seed's pipeline, reproduced and fixed
     cli.py       `whisperkv export-onnx`
 
-Nothing here is imported by `import backends.onnx` beyond this docstring: onnx, onnxruntime and tvm
+Nothing here is imported by `import whisperkv.backends.onnx` beyond this docstring: onnx, onnxruntime and tvm
 are optional, and each module imports what it needs.
 """

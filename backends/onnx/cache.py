@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from reference.weights import Checkpoint
+from whisperkv.reference.weights import Checkpoint
 
 from ..cache import cache_dir
 from . import layout

@@ -1,17 +1,15 @@
 """`whisperkv export-onnx OUT_DIR [--model DIR] [--fp16] [--merged]`: a checkpoint as Optimum's ONNX models.
 
-reference/cli.py wires it in lazily (`add_cli(subparsers)`); `python -m backends.onnx.cli` runs it alone.
+Contributed to the `whisperkv` command through the `whisperkv.commands` entry point (pyproject.toml).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
 
 def _export(args: argparse.Namespace) -> int:
-    from reference.weights import load_checkpoint
+    from whisperkv.reference.weights import load_checkpoint
 
     from .export import export_onnx
 
@@ -36,14 +34,3 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--past-encoder-hidden-states", action="store_true", help=argparse.SUPPRESS)  # variants
     p.set_defaults(run=_export)
     return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="whisperkv")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main(["export-onnx", *sys.argv[1:]]))

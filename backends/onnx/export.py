@@ -25,10 +25,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from reference import kv as kvslots
-from reference.dims import ModelDims
-from reference.files import atomic_path
-from reference.weights import Checkpoint, Weights
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.files import atomic_path
+from whisperkv.reference.weights import Checkpoint, Weights
 
 from . import layout
 

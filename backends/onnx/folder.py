@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reference.dims import ModelDims
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.errors import InputError
 
 from . import layout
 
 
-class OnnxFolderError(ValueError):
+class OnnxFolderError(InputError):
     """An ONNX folder that cannot be used; the message names the file and the tensor."""
 
 

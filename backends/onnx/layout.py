@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reference import kv as kvslots
-from reference.dims import ModelDims
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.dims import ModelDims
 
 ENCODER = "encoder_model"
 DECODER = "decoder_model"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from reference.weights import Checkpoint
+from whisperkv.reference.weights import Checkpoint
 
 from . import layout
 from .cache import exported_folder

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from reference import kv as kvslots
-from reference.dims import ModelDims
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.dims import ModelDims
 
 from . import layout
 from .folder import PartBinding

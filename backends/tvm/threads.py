@@ -30,7 +30,7 @@ def n_threads() -> int:
 
 if "tvm" in sys.modules and "TVM_NUM_THREADS" not in os.environ:
     print("whisperkv: tvm was imported before backends.tvm; its runtime may use a single thread "
-          "(set TVM_NUM_THREADS or import backends.tvm first)", file=sys.stderr)
+          "(set TVM_NUM_THREADS or import whisperkv.backends.tvm first)", file=sys.stderr)
 os.environ.setdefault("TVM_NUM_THREADS", str(n_threads()))
 
 

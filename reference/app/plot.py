@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kv as kvslots
-from .decoding import DecodingResult
-from .files import atomic_path
-from .model import NumpyModel
-from .tokenizer import Tokenizer
+from .. import kv as kvslots
+from ..decoding import DecodingResult
+from ..files import atomic_path
+from ..model import NumpyModel
+from ..tokenizer import Tokenizer
 
 SECONDS_PER_AUDIO_POSITION = 0.02  # the encoder's 1500 positions span 30 s
 

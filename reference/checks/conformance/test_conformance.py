@@ -1,6 +1,6 @@
 """One test per property a Whisper backend must have to decode what the reference decodes.
 
-Run: pytest --pyargs reference.conformance --candidate SPEC [--conformance-audio FILE ...]
+Run: whisperkv conformance --candidate SPEC (see __init__.py for the plain pytest command line).
 Each failure message says what was expected, what came back, and (for the lockstep tests) the first
 divergent step with the likely cause.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .. import kv as kvslots
+from ... import kv as kvslots
 from ..verify import distance
 
 
@@ -100,7 +100,7 @@ def test_step_appends_one_position_to_every_self_slot(whisperkv_suite) -> None:
 
 def test_every_step_matches_the_reference(whisperkv_suite) -> None:
     suite = whisperkv_suite
-    from ..cli import describe
+    from ...app.cli import describe
 
     for path in dict(suite.windows):
         report = suite.report(path)
@@ -118,7 +118,7 @@ def test_no_ties_on_real_speech(whisperkv_suite) -> None:
 
 def test_transcript_equals_the_reference(whisperkv_suite) -> None:
     suite = whisperkv_suite
-    from ..decoding import Decoder
+    from ...decoding import Decoder
 
     for path, mel in suite.windows:
         ref = Decoder(suite.reference, suite.tokenizer).run(suite.reference.encode(mel[None]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from . import kv as kvslots
-from .decoding import State, TraceEvent
-from .tokenizer import Tokenizer
+from .. import kv as kvslots
+from ..decoding import State, TraceEvent
+from ..tokenizer import Tokenizer
 
 
 def _shapes(shapes: Sequence[Sequence[int]], indices: Sequence[int]) -> str:

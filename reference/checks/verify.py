@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from . import kv as kvslots
-from .backend import Backend
-from .decoding import Decoder, DecodingOptions, apply_filters
-from .model import NumpyModel
+from .. import kv as kvslots
+from ..backend import Backend
+from ..decoding import Decoder, DecodingOptions, apply_filters
+from ..model import NumpyModel
+from ..tokenizer import Tokenizer
+from ..weights import Checkpoint
 from .mutants import MUTANTS, make_mutant
-from .tokenizer import Tokenizer
-from .weights import Checkpoint
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,282 @@
+"""The `whisperkv` command.
+
+Errors: an `InputError` (bad input or bad state, reference/errors.py) is one line on stderr and exit 2;
+so is a failed write to stdout (a closed pipe, a full disk). Ctrl-C is one line and exit 130. Nothing is
+printed for a file until it is finished, and every finished file is printed before the next one starts.
+Backends contribute commands (`compile`, `export-onnx`) through the `whisperkv.commands` entry points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import entry_points
+
+from ..errors import InputError
+
+EXIT_DIVERGE = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+COMMAND_GROUP = "whisperkv.commands"
+DEFAULT_TOLERANCE = 1e-3
+
+
+class OutputError(InputError):
+    """Standard output cannot be written (the reader closed the pipe, the disk is full)."""
+
+
+def emit(line: str) -> None:
+    """One line to stdout, flushed now: a finished file is visible at once, and a failed write is ours to
+    report (as an OutputError), not the interpreter's at exit."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except OSError as e:
+        _discard_stdout()
+        reason = "broken pipe (the reader closed it)" if isinstance(e, BrokenPipeError) else (e.strerror or str(e))
+        raise OutputError(f"stdout: {reason}") from None
+
+
+def _discard_stdout() -> None:
+    # Whatever is still buffered would fail again at exit ("Exception ignored ... BrokenPipeError"):
+    # point the file descriptor at /dev/null so that the interpreter's last flush succeeds silently.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def positive_tolerance(text: str) -> float:
+    """argparse type of --tolerance: a finite number > 0 (nan and inf would switch every check off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress on stderr
+
+
+@contextmanager
+def progress_bar(total_seconds: float, desc: str, enabled: bool) -> Iterator[Callable[[float], None]]:
+    """A tqdm bar over seconds of audio on stderr; -> a callback taking the seconds done so far."""
+    if not enabled:
+        yield lambda done: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=round(total_seconds, 2), desc=desc, unit="s", file=sys.stderr, leave=False,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]",
+              dynamic_ncols=True) as bar:
+        def update(done: float) -> None:
+            bar.update(round(min(done, total_seconds), 2) - bar.n)
+
+        yield update
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and (args.progress or sys.stderr.isatty())
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from ..audio import open_audio
+    from ..transcribe import load_model
+
+    model = load_model(args.model, backend=args.backend)
+    # Every file is read once before anything is printed: a bad file fails the run with no partial output.
+    sources = [open_audio(path, model.dims.n_mels) for path in args.audio]
+    for source in sources:
+        with progress_bar(source.duration, os.path.basename(source.name), _show_progress(args)) as progress:
+            t = model.transcribe(source, language=args.language, task=args.task, progress=progress)
+        if args.format == "json":
+            emit(json.dumps(t.as_dict(), ensure_ascii=False))
+        else:
+            emit(t.text if len(sources) == 1 else f"{source.name}: {t.text}")
+    return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from ..audio import HOP_LENGTH, SAMPLE_RATE, open_audio
+    from ..transcribe import load_model
+    from .trace import format_trace
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib (pip install 'whisperkv[plot]')") from None
+    model = load_model(args.model, backend=args.backend)
+    source = open_audio(args.audio, model.dims.n_mels)
+    for index, (seek, mel) in enumerate(source.mel_windows(model.dims.n_mel_frames)):
+        result = model.decode(mel, trace=True)
+        emit(f"# window {index} ({seek * HOP_LENGTH / SAMPLE_RATE:g} s), backend {model.backend.name}")
+        for line in format_trace(result.events, model.tokenizer, model.dims.n_text_layer, result.finished):
+            emit(line)
+        emit(f"# text: {result.text}")
+        if args.plot and index == 0:
+            from ..model import NumpyModel
+            from .plot import cross_attention_map, plot_trace
+
+            # attention weights are not part of the backend protocol: the reference recomputes them
+            # for the tokens the traced backend chose
+            reference = NumpyModel(model.checkpoint)
+            attention = cross_attention_map(reference, result, reference.encode(mel[None]))
+            plot_trace(args.plot, result, attention, model.tokenizer, model.dims.n_text_layer,
+                       title=f"{args.audio}: KV cache per transition (backend {model.backend.name})")
+            emit(f"# plot: {args.plot} (first window)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ..audio import open_audio
+    from ..checks.candidates import resolve_candidate
+    from ..checks.verify import Tolerance, verify
+    from ..model import NumpyModel
+    from ..tokenizer import Tokenizer
+    from ..weights import load_checkpoint
+
+    checkpoint = load_checkpoint(args.model)
+    source = open_audio(args.audio, checkpoint.dims.n_mels)
+    tokenizer = Tokenizer(checkpoint.tokenizer_path, multilingual=checkpoint.dims.is_multilingual)
+    candidate = resolve_candidate(args.candidate, checkpoint, tokenizer)
+    windows = [mel for _, mel in source.mel_windows(checkpoint.dims.n_mel_frames)]
+    report = verify(NumpyModel(checkpoint), candidate, tokenizer, checkpoint, windows, audio=args.audio,
+                    tolerance=Tolerance(relative=args.tolerance))
+    if args.format == "json":
+        emit(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        emit("\n".join(describe(report, tokenizer)))
+    return 0 if report.agree else EXIT_DIVERGE
+
+
+def describe(report, tokenizer) -> list[str]:
+    """The text form of a verification report."""
+    lines = [f"verify {report.audio}: candidate {report.candidate} vs reference numpy, {report.windows} window(s)"]
+    if report.agree:
+        lines.append(f"AGREE: {report.steps} steps compared, {report.ties} tie(s)")
+        return lines
+    s, d = report.first_divergence, report.diagnosis
+    lines.append(f"DIVERGE at window {s.window}, {s.stage} step {s.step}: {s.reason}")
+    if s.stage != "encode":
+        lines.append(f"  input      {' '.join(tokenizer.token_text(t) for t in s.input_tokens)}")
+        lines.append(f"  reference  chose {tokenizer.token_text(s.ref_token)!r}; top-5 "
+                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.ref_top))
+        lines.append(f"  candidate  chose {tokenizer.token_text(s.cand_token)!r}; top-5 "
+                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.cand_top))
+        lines.append(f"  logits     max |Δ| {s.max_abs:.3g} (reference scale {s.scale:.3g})")
+        for i, delta in enumerate(s.slot_max_abs):
+            if delta is None and s.ref_slot_shapes[i] == s.cand_slot_shapes[i]:
+                continue  # not compared at this stage
+            shown = (f"max |Δ| {delta:.3g}" if delta is not None
+                     else f"shape {s.cand_slot_shapes[i]} != reference {s.ref_slot_shapes[i]}")
+            lines.append(f"  slot {i:>2}    {shown}")
+    lines.append(f"DIAGNOSIS: {d.cause}: {d.explanation}")
+    lines.append(f"  evidence: {d.evidence}")
+    return lines
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    try:
+        import pytest
+    except ImportError:
+        raise InputError("the conformance suite needs pytest (pip install 'whisperkv[conformance]')") from None
+    from ..checks.conformance import pytest_args
+
+    extra = [a for a in args.pytest_args if a != "--"]
+    for path in args.audio or []:
+        extra += ["--conformance-audio", path]
+    if args.model:
+        extra += ["--conformance-model", args.model]
+    extra += ["--conformance-tolerance", repr(args.tolerance)]
+    code = int(pytest.main(pytest_args(args.candidate, *extra)))
+    return EXIT_BAD_INPUT if code == pytest.ExitCode.USAGE_ERROR else code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from whisperkv import __version__
+
+    from ..registry import available_backends
+
+    backends = available_backends()
+    parser = argparse.ArgumentParser(prog="whisperkv", description="Whisper through a decoding loop you can check.")
+    parser.add_argument("--version", action="version", version=f"whisperkv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("transcribe", help="transcribe audio files (greedy, no timestamps)")
+    t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, ...; any rate and channel count)")
+    t.add_argument("--backend", default="numpy", choices=backends)
+    t.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    t.add_argument("--format", default="txt", choices=["txt", "json"])
+    t.add_argument("--language", default=None, help="language code (multilingual checkpoints)")
+    t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    t.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    t.add_argument("--progress", action="store_true",
+                   help="a progress bar on stderr even when it is not a terminal (default: only on a terminal)")
+    t.set_defaults(run=_transcribe)
+
+    tr = sub.add_parser("trace", help="print the state machine's transitions and the KV slots, step by step")
+    tr.add_argument("audio")
+    tr.add_argument("--backend", default="numpy", choices=backends)
+    tr.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    tr.add_argument("--plot", default=None, metavar="FILE.png",
+                    help="draw the KV cache growth and each step's cross-attention (needs matplotlib)")
+    tr.set_defaults(run=_trace)
+
+    v = sub.add_parser("verify", help="run a candidate beside the reference and report the first divergence")
+    v.add_argument("audio")
+    v.add_argument("--candidate", required=True,
+                   help="backend name, mutant:NAME, python:MODULE:FACTORY, or a folder (ONNX export, libraries)")
+    v.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    v.add_argument("--format", default="text", choices=["text", "json"])
+    v.add_argument("--tolerance", type=positive_tolerance, default=DEFAULT_TOLERANCE,
+                   help="relative tolerance on features, logits and slots, a finite number > 0 "
+                        f"(default {DEFAULT_TOLERANCE:g}: fp32 backends)")
+    v.set_defaults(run=_verify)
+
+    cs = sub.add_parser("conformance", help="the pytest conformance suite: one test per property a backend must have")
+    cs.add_argument("--candidate", required=True, help="as verify's --candidate")
+    cs.add_argument("--audio", action="append", metavar="FILE",
+                    help="audio to check on (repeatable; default: two clips shipped with whisperkv)")
+    cs.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
+    cs.add_argument("--tolerance", type=positive_tolerance, default=DEFAULT_TOLERANCE,
+                    help=f"as verify's --tolerance (default {DEFAULT_TOLERANCE:g})")
+    cs.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options (-x, -k EXPR, ...)")
+    cs.set_defaults(run=_conformance)
+
+    for ep in entry_points(group=COMMAND_GROUP):  # the backends' commands; tvm is imported only when one runs
+        try:
+            add_cli = ep.load()
+        except ImportError:  # the backend's optional package is missing: its command is simply absent
+            continue
+        add_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except InputError as e:
+        print(f"whisperkv: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("whisperkv: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

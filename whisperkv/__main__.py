@@ -1,0 +1,5 @@
+import sys
+
+from whisperkv.reference.app.cli import main
+
+sys.exit(main())
