@@ -5,6 +5,13 @@ Hann window, centred frames with reflect padding, the last frame dropped), and `
 `transcribe()`: one log-mel over the whole audio plus 30 s of zeros, cut into 3000-frame windows whose
 tails are padded with 0.0 in the log-mel domain. See ARCHITECTURE.md, "Windows and the log-mel".
 
+Memory is bounded by the window, not the file: `open_audio` reads a file (or array) block by block
+twice, once to validate it and find the log-mel's global maximum (the max - 8 floor needs it), once to
+yield windows. Both passes and the whole-array functions (`resample`, `log_mel_spectrogram`) run the
+very same block computations at the same absolute block boundaries (`_ResamplePlan.run`, `_log10_mel`),
+so the streamed features are bit-identical to the whole-file ones by construction, not by tolerance:
+a BLAS matrix product or a batched FFT may round differently when the work is split differently.
+
 openai-whisper decodes and resamples with the ffmpeg command line (to s16 at 16 kHz); here libsndfile
 decodes and a numpy polyphase windowed-sinc filter resamples. A 16-bit mono 16 kHz file gives the same
 samples as openai-whisper's pipeline; other rates agree up to the two resamplers' filters (measured in
@@ -14,6 +21,7 @@ tests/test_audio.py against FFmpeg's libswresample: flat below 4 kHz, different 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache, lru_cache
 from math import ceil, gcd, pi
 
@@ -42,13 +50,11 @@ class AudioError(InputError):
 # ----------------------------------------------------------------------------------------------
 # Decoding
 
+_READ_BLOCK = 1 << 16  # frames per libsndfile read when streaming: 1.5 s at 44.1 kHz, 0.5 MB in stereo float32
 
-def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Read any file libsndfile reads, mix down to mono and resample to `sr`.
 
-    # file -> [n_samples] float32 at `sr`
-    """
-    name = os.fspath(path)
+def _open_file(name: str) -> sf.SoundFile:
+    """Open for reading, or say in one line why not."""
     # Checked before libsndfile, whose "Format not recognised" would hide the real problem.
     if not os.path.exists(name):
         raise AudioError(name, "no such file")
@@ -57,27 +63,78 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     if os.path.getsize(name) == 0:
         raise AudioError(name, "empty file (0 bytes)")
     try:
-        data, file_sr = sf.read(name, dtype="float32", always_2d=True)  # [n_frames, n_channels]
+        return sf.SoundFile(name)
     except sf.LibsndfileError as e:
         raise AudioError(name, f"not an audio file libsndfile can read ({e.error_string})") from e
     except (RuntimeError, OSError) as e:
         raise AudioError(name, f"cannot read audio ({e})") from e
+
+
+def _read(f: sf.SoundFile, name: str, frames: int = -1) -> np.ndarray:
+    """The next `frames` frames (all that remain for -1); fewer, or none, at the end.
+
+    # -> [<= frames, n_channels] float32
+    """
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise AudioError(name, f"cannot read audio ({e.error_string})") from e
+    except (RuntimeError, OSError) as e:
+        raise AudioError(name, f"cannot read audio ({e})") from e
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    # Float files may exceed ±1 and are kept so (openai-whisper's s16 pipe would clip them): the log-mel is
+    # level-normalised by its own maximum, so clipping would only add distortion. The mean is taken per
+    # frame, so a block's frames mix exactly as they would in the whole file.
+    return data.mean(axis=1, dtype=np.float32)  # [n, n_channels] -> [n]
+
+
+class _Validity:
+    """Counts the non-finite samples of a file or array block by block, and where the first one is."""
+
+    def __init__(self) -> None:
+        self.n_nan = self.n_inf = self.size = 0
+        self.first: tuple[int, int] | None = None  # (frame, channel)
+
+    def update(self, data: np.ndarray, offset: int) -> None:
+        """data [n, n_channels] starting at frame `offset`."""
+        self.size += data.size
+        finite = np.isfinite(data)
+        if finite.all():
+            return
+        if self.first is None:
+            frame, channel = np.argwhere(~finite)[0]
+            self.first = (offset + int(frame), int(channel))
+        self.n_nan += int(np.isnan(data).sum())
+        self.n_inf += int(np.isinf(data).sum())
+
+    def problem(self, sr: int, channels: bool = True) -> str | None:
+        if self.first is None:
+            return None
+        frame, channel = self.first
+        where = f"first at frame {frame} ({frame / sr:.3f} s), channel {channel}" if channels else \
+            f"first at sample {frame} ({frame / sr:.3f} s)"
+        return f"{self.n_nan} NaN and {self.n_inf} inf sample(s) of {self.size}; {where}"
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read any file libsndfile reads, mix down to mono and resample to `sr`, all at once.
+
+    The whole-file form of `open_audio(path).mel_windows()`'s input, with the same checks and messages.
+    # file -> [n_samples] float32 at `sr`
+    """
+    name = os.fspath(path)
+    with _open_file(name) as f:
+        data, file_sr = _read(f, name), f.samplerate  # [n_frames, n_channels]
     n_frames, n_channels = data.shape
     if n_frames == 0:
         raise AudioError(name, f"no audio: 0 frames ({n_channels} channel(s) at {file_sr} Hz)")
-    bad = ~np.isfinite(data)
-    if bad.any():
-        frame, channel = np.argwhere(bad)[0]
-        n_nan, n_inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
-        raise AudioError(
-            name,
-            f"{n_nan} NaN and {n_inf} inf sample(s) of {data.size}; first at frame {frame} "
-            f"({frame / file_sr:.3f} s), channel {channel}",
-        )
-    # Float files may exceed ±1 and are kept so (openai-whisper's s16 pipe would clip them): the log-mel is
-    # level-normalised by its own maximum, so clipping would only add distortion.
-    mono = data.mean(axis=1, dtype=np.float32)
-    return resample(mono, file_sr, sr)
+    validity = _Validity()
+    validity.update(data, 0)
+    if problem := validity.problem(file_sr):
+        raise AudioError(name, problem)
+    return resample(_mono(data), file_sr, sr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,11 +212,103 @@ def _polyphase_rows(orig_sr: int, new_sr: int, n_rows: int) -> tuple[np.ndarray,
     return rows, q
 
 
+class _Samples:
+    """A 1-D signal that arrives in chunks, addressed by absolute sample index; keeps only what is still needed.
+
+    `segment` always returns a fresh contiguous array, whether the samples came in one piece (the
+    whole-array functions) or in many (streaming): the block computations then see identical inputs.
+    """
+
+    def __init__(self, audio: np.ndarray | None = None) -> None:
+        self._parts: list[np.ndarray] = []
+        self.start = 0  # absolute index of the first sample kept
+        self.end = 0  # absolute index one past the last sample received
+        if audio is not None:
+            self.append(audio)
+
+    def append(self, chunk: np.ndarray) -> None:
+        if len(chunk):
+            self._parts.append(chunk)
+            self.end += len(chunk)
+
+    def _joined(self) -> np.ndarray:
+        if len(self._parts) != 1:
+            self._parts = [np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)]
+        return self._parts[0]
+
+    def segment(self, s: int, e: int) -> np.ndarray:
+        """Samples s .. e-1, zeros before 0 and from `end` on (the caller knows when `end` is final).
+
+        # -> [e - s] float32, a new array
+        """
+        lo, hi = max(s, 0), min(e, self.end)
+        if lo < self.start:
+            raise AssertionError(f"samples from {lo} were already dropped (kept from {self.start})")
+        out = np.zeros(e - s, np.float32)
+        if hi > lo:
+            out[lo - s : hi - s] = self._joined()[lo - self.start : hi - self.start]
+        return out
+
+    def drop_before(self, s: int) -> None:
+        cut = min(s, self.end) - self.start
+        if cut > 0:
+            # A copy, so that the consumed samples' memory is freed rather than kept alive by a view.
+            self._parts = [self._joined()[cut:].copy()]
+            self.start += cut
+
+
+_RESAMPLE_BLOCK = 1 << 20  # output samples per resampling block (65.5 s at 16 kHz), rounded to a multiple of up
+
+
+class _ResamplePlan:
+    """Output blocks of `resample` at fixed absolute boundaries, and the input span each one reads.
+
+    Block k holds outputs k*B .. (k+1)*B - 1 (the last one fewer), B a multiple of `up` so that every
+    block starts at polyphase row 0 and its rows' inputs step alike. Output m reads inputs
+    q(m) - n_taps + 1 .. q(m), q(m) = (m*down + half) // up, increasing with m.
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int) -> None:
+        g = gcd(orig_sr, new_sr)
+        self.orig_sr, self.new_sr = orig_sr, new_sr
+        self.up, self.down = new_sr // g, orig_sr // g
+        self.half = _filter_half_length(self.up, orig_sr, new_sr)
+        self.n_taps = 2 * self.half // self.up + 1
+        # At least 32 outputs per polyphase row: the Python loop runs over rows, once per block.
+        self.block = self.up * max(32, -(-_RESAMPLE_BLOCK // self.up))
+
+    def q(self, m: int) -> int:
+        return (m * self.down + self.half) // self.up
+
+    def span(self, m0: int, m1: int) -> tuple[int, int]:
+        """The input samples [s, e) that outputs m0 .. m1-1 read."""
+        return self.q(m0) - self.n_taps + 1, self.q(m1 - 1) + 1
+
+    def outputs(self, n_in: int) -> int:
+        return -(-n_in * self.up // self.down)  # ceil(n_in * new_sr / orig_sr)
+
+    def run(self, segment: np.ndarray, m0: int, m1: int) -> np.ndarray:
+        """Outputs m0 .. m1-1 (m0 a multiple of `up`) from their input span.
+
+        # [e - s] float32 (the span of `span(m0, m1)`) -> [m1 - m0] float32
+        """
+        n = m1 - m0
+        rows, q = _polyphase_rows(self.orig_sr, self.new_sr, min(self.up, n))
+        windows = np.lib.stride_tricks.sliding_window_view(segment, self.n_taps)  # [j] ends at input s + j + n_taps - 1
+        y = np.empty(n, np.float32)
+        # A Python loop over the polyphase rows (at most `up`, e.g. 160 for 44.1 kHz), never over samples.
+        for r in range(len(rows)):
+            count = len(range(r, n, self.up))
+            y[r :: self.up] = windows[q[r] - q[0] :: self.down][:count] @ rows[r]
+        return y
+
+
 def resample(audio: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     """Band-limited resampling (80 dB Kaiser windowed sinc), output length ceil(n * new_sr / orig_sr).
 
     Conceptually: insert up-1 zeros between samples, lowpass at the lower Nyquist, keep every down-th
     sample. Output m sits at input time m * orig_sr / new_sr (zero-phase; zeros beyond both ends).
+    Computed in the blocks of `_ResamplePlan`, exactly as `_Resampler` streams it.
     # [n] -> [ceil(n * new_sr / orig_sr)] float32
     """
     if not (isinstance(orig_sr, (int, np.integer)) and isinstance(new_sr, (int, np.integer))):
@@ -169,25 +318,51 @@ def resample(audio: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"resample expects mono audio [n], got shape {x.shape}")
-    g = gcd(int(orig_sr), int(new_sr))
-    up, down = int(new_sr) // g, int(orig_sr) // g
-    if up == down:
+    plan = _ResamplePlan(int(orig_sr), int(new_sr))
+    if plan.up == plan.down:
         return x.copy()
-    n_out = -(-len(x) * up // down)
-    if n_out == 0:
-        return np.zeros(0, np.float32)
-
-    rows, q = _polyphase_rows(int(orig_sr), int(new_sr), min(up, n_out))
-    n_taps = rows.shape[1]
-    q_last = q[(n_out - 1) % up] + down * ((n_out - 1) // up)  # the last output's newest input
-    xp = np.pad(x, (n_taps - 1, max(0, q_last + 1 - len(x))))
-    windows = np.lib.stride_tricks.sliding_window_view(xp, n_taps)  # row q holds x[q - n_taps + 1 .. q]
+    samples, n_out = _Samples(x), plan.outputs(len(x))
     y = np.empty(n_out, np.float32)
-    # A Python loop over the polyphase rows (at most `up`, e.g. 160 for 44.1 kHz), never over samples.
-    for r in range(len(rows)):
-        count = len(range(r, n_out, up))
-        y[r::up] = windows[q[r] :: down][:count] @ rows[r]
+    for m0 in range(0, n_out, plan.block):
+        m1 = min(m0 + plan.block, n_out)
+        y[m0:m1] = plan.run(samples.segment(*plan.span(m0, m1)), m0, m1)
     return y
+
+
+class _Resampler:
+    """`resample` as a stream: feed input chunks, get output blocks as soon as their inputs have arrived.
+
+    # feed([k] at orig_sr) -> [block] float32 at new_sr, ...; finish() -> the rest
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int) -> None:
+        self.plan = _ResamplePlan(orig_sr, new_sr)
+        self.samples = _Samples()
+        self.done = 0  # outputs produced so far: always a multiple of the block size until finish()
+
+    def feed(self, chunk: np.ndarray) -> Iterator[np.ndarray]:
+        if self.plan.up == self.plan.down:
+            yield chunk
+            return
+        self.samples.append(chunk)
+        plan = self.plan
+        # A full block needs input up to q(m1 - 1); having it also proves the file has >= m1 outputs.
+        while plan.span(self.done, self.done + plan.block)[1] <= self.samples.end:
+            yield self._block(self.done + plan.block)
+
+    def finish(self) -> Iterator[np.ndarray]:
+        if self.plan.up == self.plan.down:
+            return
+        n_out = self.plan.outputs(self.samples.end)
+        while self.done < n_out:
+            yield self._block(min(self.done + self.plan.block, n_out))
+
+    def _block(self, m1: int) -> np.ndarray:
+        m0, plan = self.done, self.plan
+        y = plan.run(self.samples.segment(*plan.span(m0, m1)), m0, m1)
+        self.done = m1
+        self.samples.drop_before(plan.span(m1, m1 + 1)[0])
+        return y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +426,45 @@ def _hann_window(n: int) -> np.ndarray:
     return w  # [n]
 
 
-_FRAME_BLOCK = 8192  # frames per FFT batch: bounds the temporary [block, n_fft] arrays for long audio
+_FRAME_BLOCK = 2048  # frames per FFT block (20.5 s): bounds the temporary [block, n_fft] arrays, streamed or not
+
+
+def _log10_mel(padded: np.ndarray, n_mels: int) -> np.ndarray:
+    """log10 mel power of consecutive frames, before whisper's floor: the one block computation of the log-mel.
+
+    `padded` is the centred (reflect-padded) signal from the block's first frame start to its last
+    frame's end. Every block is computed at the full _FRAME_BLOCK frames (a short one zero-extended, the
+    extra frames dropped): a batched FFT and a BLAS matrix product may round a frame differently when
+    they hold a different number of frames (observed: 1.2e-7 apart between a 5035- and an 8032-frame
+    call). With one shape, a frame's features depend only on its samples and its absolute position,
+    whatever the audio's length or padding, streamed or not (for a given BLAS and thread count).
+    # [(n - 1) * hop + n_fft] float32, n <= _FRAME_BLOCK -> [n_mels, n] float32
+    """
+    n = (len(padded) - N_FFT) // HOP_LENGTH + 1
+    full = np.zeros((_FRAME_BLOCK - 1) * HOP_LENGTH + N_FFT, np.float32)
+    full[: len(padded)] = padded
+    frames = np.lib.stride_tricks.sliding_window_view(full, N_FFT)[::HOP_LENGTH]  # [_FRAME_BLOCK, n_fft]
+    spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)  # [_FRAME_BLOCK, n_fft // 2 + 1] complex64
+    power = np.abs(spectrum) ** 2  # |.| then square, as whisper's stft.abs() ** 2
+    mel = mel_filters(n_mels) @ power.T
+    return np.log10(np.maximum(mel[:, :n], np.float32(1e-10)))
+
+
+def _frame_blocks(n_frames: int) -> Iterator[tuple[int, int]]:
+    # Blocks of frames at absolute boundaries: f0 .. f1-1.
+    for f0 in range(0, n_frames, _FRAME_BLOCK):
+        yield f0, min(f0 + _FRAME_BLOCK, n_frames)
+
+
+def _frame_span(f0: int, f1: int) -> tuple[int, int]:
+    # Frames f0 .. f1-1, centred (frame f spans samples f*hop - n_fft/2 .. f*hop + n_fft/2 - 1): their samples.
+    return f0 * HOP_LENGTH - N_FFT // 2, (f1 - 1) * HOP_LENGTH + N_FFT // 2
+
+
+def _scale(log_spec: np.ndarray, top: np.floating) -> np.ndarray:
+    # whisper's floor (8 decades below the loudest value of the whole audio) and scale, elementwise.
+    log_spec = np.maximum(log_spec, top - np.float32(8.0))
+    return ((log_spec + np.float32(4.0)) / np.float32(4.0)).astype(np.float32)
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -> np.ndarray:
@@ -275,32 +488,62 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     if len(x) <= N_FFT // 2:
         raise ValueError(f"reflect padding needs more than {N_FFT // 2} samples (audio + padding): {len(x)}")
     x = np.pad(x, N_FFT // 2, mode="reflect")  # [n + n_fft], centred frames as torch.stft(center=True)
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH]  # [n // hop + 1, n_fft]
-    frames = frames[:-1]  # whisper drops the last frame (stft[..., :-1]); dropping it first saves an FFT
-    filters = mel_filters(n_mels)
-    window = _hann_window(N_FFT)
-    mel = np.empty((n_mels, len(frames)), np.float32)
-    for start in range(0, len(frames), _FRAME_BLOCK):
-        block = frames[start : start + _FRAME_BLOCK]
-        spectrum = np.fft.rfft(block * window, axis=-1)  # [block, n_fft // 2 + 1] complex64
-        power = np.abs(spectrum) ** 2  # |.| then square, as whisper's stft.abs() ** 2
-        mel[:, start : start + len(block)] = filters @ power.T
-    log_spec = np.log10(np.maximum(mel, np.float32(1e-10)))
+    n_frames = (len(x) - N_FFT) // HOP_LENGTH  # whisper drops the last frame (stft[..., :-1])
+    log_spec = np.empty((n_mels, n_frames), np.float32)
+    for f0, f1 in _frame_blocks(n_frames):
+        s, e = _frame_span(f0, f1)
+        log_spec[:, f0:f1] = _log10_mel(x[s + N_FFT // 2 : e + N_FFT // 2].copy(), n_mels)
     # The floor is relative to the loudest value of this whole call: hence mel_windows' single call.
-    log_spec = np.maximum(log_spec, log_spec.max() - np.float32(8.0))
-    return ((log_spec + np.float32(4.0)) / np.float32(4.0)).astype(np.float32)
+    return _scale(log_spec, log_spec.max())
+
+
+class _LogMelStream:
+    """`log_mel_spectrogram(audio, padding=N_FFT)` as a stream, before the floor: feed 16 kHz samples, get
+    [n_mels, _FRAME_BLOCK] blocks of log10 mel power as soon as their samples have arrived.
+
+    The n_fft zeros of padding (see mel_windows) make every sample past the audio zero, the end's reflect
+    padding included, so `finish()` needs nothing but the sample count.
+    # feed([k] float32) -> [n_mels, block] float32, ...; finish() -> the rest
+    """
+
+    def __init__(self, n_mels: int) -> None:
+        self.n_mels = n_mels
+        self.samples = _Samples()
+        self.done = 0  # frames produced so far
+
+    def feed(self, chunk: np.ndarray) -> Iterator[np.ndarray]:
+        self.samples.append(chunk)
+        # Having a full block's last sample also proves the audio has more frames than that block.
+        while _frame_span(self.done, self.done + _FRAME_BLOCK)[1] <= self.samples.end:
+            yield self._block(self.done + _FRAME_BLOCK)
+
+    def finish(self) -> Iterator[np.ndarray]:
+        n_frames = (self.samples.end + N_FFT) // HOP_LENGTH  # as log_mel_spectrogram with padding=N_FFT
+        while self.done < n_frames:
+            yield self._block(min(self.done + _FRAME_BLOCK, n_frames))
+
+    def _block(self, f1: int) -> np.ndarray:
+        s, e = _frame_span(self.done, f1)
+        padded = self.samples.segment(s, e)
+        if s < 0:  # the first block: reflect padding, samples n_fft/2 .. 1 (zeros past the end, as padded)
+            padded[:-s] = self.samples.segment(1, 1 - s)[::-1]
+        out = _log10_mel(padded, self.n_mels)
+        self.done = f1
+        self.samples.drop_before(_frame_span(f1, f1 + 1)[0])
+        return out
 
 
 def mel_windows(
     audio: np.ndarray, n_mels: int = 80, n_frames: int = N_FRAMES
 ) -> list[tuple[int, np.ndarray]]:
-    """The encoder inputs of openai-whisper's transcribe(): (seek in frames, window) pairs.
+    """The encoder inputs of openai-whisper's transcribe(): (seek in frames, window) pairs, all at once.
 
     One log-mel over audio + 30 s of zeros (so the max - 8 floor uses the global maximum), then windows
     at seek = 0, n_frames, ... while seek < len(audio) // 160; a short last window is padded with 0.0 in
     the log-mel domain, not with the log-mel of silence. Audio shorter than one hop (160 samples, zero
     length included) has no content frames and gives no window: the transcriber reports an empty
-    transcript for it, as transcribe() does.
+    transcript for it, as transcribe() does. `open_audio(audio).mel_windows()` yields the same windows
+    one at a time, bit for bit, without holding the whole log-mel.
     # [n_samples] -> [(seek, [n_mels, n_frames] float32), ...]
     """
     if n_frames <= 0:
@@ -319,31 +562,164 @@ def mel_windows(
     return windows
 
 
+def _cut_windows(
+    blocks: Iterable[np.ndarray], top: np.floating, content_frames: int, n_frames: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """mel_windows' windows from streamed log10 mel blocks and the global maximum `top` found beforehand.
+
+    # [n_mels, block] float32, ... -> (seek, [n_mels, n_frames] float32), ...
+    """
+    held: list[np.ndarray] = []  # floored, scaled frames from `seek` on
+    n_held, seek = 0, 0
+    for block in blocks:
+        held.append(_scale(block, top))
+        n_held += block.shape[1]
+        while seek < content_frames and n_held >= min(n_frames, content_frames - seek):
+            frames = np.concatenate(held, axis=1) if len(held) > 1 else held[0]
+            size = min(n_frames, content_frames - seek)
+            window = np.zeros((frames.shape[0], n_frames), np.float32)  # a short last window: 0.0 padding
+            window[:, :size] = frames[:, :size]
+            yield seek, window
+            held, n_held, seek = [frames[:, n_frames:]], n_held - n_frames, seek + n_frames
+            if n_held <= 0:
+                held, n_held = [], 0
+
+
 # ----------------------------------------------------------------------------------------------
 # Sources: a file or an array, validated once, read window by window
 
 
 class Audio:
-    """Validated audio (a file or an array of 16 kHz samples), read as log-mel windows.
+    """Validated audio (a file, or an array of 16 kHz samples), read as log-mel windows.
 
-    Interim form: holds the samples. (To be replaced by a streaming reader whose memory is bounded by
-    the window, not the file.)
+    Holds neither the samples nor the log-mel: `open_audio` read the source once to validate it and to
+    find the log-mel's maximum, and each `mel_windows()` reads it again block by block.
     """
 
-    def __init__(self, name: str, samples: np.ndarray, n_mels: int) -> None:
-        self.name, self.samples, self.n_mels = name, samples, n_mels
+    def __init__(self, name: str, source: str | np.ndarray, chunks: Callable[[], Iterator[np.ndarray]], sr: int,
+                 n_mels: int) -> None:
+        self.name, self.n_mels = name, n_mels
+        self._source, self._chunks, self._sr = source, chunks, sr  # chunks() -> mono [k] float32 at sr, ...
+        self.n_samples = 0  # at 16 kHz, set by _scan
+        self._top = np.float32(-10.0)  # the log10 mel's maximum, set by _scan
+        self._last_count = 0  # 16 kHz samples the last complete read found
 
     @property
     def duration(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
+        """Seconds at 16 kHz."""
+        return self.n_samples / SAMPLE_RATE
 
-    def mel_windows(self, n_frames: int = N_FRAMES):
-        return mel_windows(self.samples, self.n_mels, n_frames)
+    def _log10_mel_blocks(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        # mono at the source's rate -> 16 kHz -> log10 mel blocks; sets n_samples when exhausted
+        resampler, mel = _Resampler(self._sr, SAMPLE_RATE), _LogMelStream(self.n_mels)
+        for chunk in chunks:
+            for y in resampler.feed(chunk):
+                yield from mel.feed(y)
+        for y in resampler.finish():
+            yield from mel.feed(y)
+        yield from mel.finish()
+        self._last_count = mel.samples.end
+
+    def _scan(self, chunks: Iterable[np.ndarray]) -> None:
+        # Pass 1: the sample count and the global maximum the max - 8 floor needs.
+        top = np.float32(-np.inf)
+        for block in self._log10_mel_blocks(chunks):
+            top = max(top, block.max())
+        self.n_samples, self._top = self._last_count, top
+
+    def mel_windows(self, n_frames: int = N_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
+        """mel_windows() of the whole audio, one window at a time, bit for bit.
+
+        # -> (seek in frames, [n_mels, n_frames] float32), ...
+        """
+        if n_frames <= 0:
+            raise ValueError(f"n_frames must be positive, got {n_frames}")
+        return self._windows(n_frames)
+
+    def _windows(self, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+        yield from _cut_windows(self._log10_mel_blocks(self._chunks()), self._top, self.n_samples // HOP_LENGTH,
+                                n_frames)
+        if self._last_count != self.n_samples:  # the windows were cut by the first read's count
+            raise AudioError(self.name, f"changed while being read: {self._last_count} samples at 16 kHz, "
+                             f"{self.n_samples} when opened")
+
+
+def _file_chunks(name: str, validity: _Validity | None = None) -> Iterator[np.ndarray]:
+    """A file's mono samples at its own rate, block by block; `validity`, if given, sees every raw block.
+
+    # -> [<= _READ_BLOCK] float32, ...
+    """
+    with _open_file(name) as f:
+        offset = 0
+        while len(data := _read(f, name, _READ_BLOCK)):  # [k, n_channels]
+            if validity is not None:
+                validity.update(data, offset)
+                if validity.first is not None:
+                    offset += len(data)
+                    continue  # only counted from here on: the file will be refused
+            offset += len(data)
+            yield _mono(data)
+
+
+def _open_file_source(name: str, n_mels: int) -> Audio:
+    with _open_file(name) as f:
+        sr, channels = f.samplerate, f.channels
+    audio = Audio(name, name, lambda: _file_chunks(name), sr, n_mels)
+    validity = _Validity()
+    audio._scan(_file_chunks(name, validity))
+    if validity.size == 0:
+        raise AudioError(name, f"no audio: 0 frames ({channels} channel(s) at {sr} Hz)")
+    if problem := validity.problem(sr):
+        raise AudioError(name, problem)
+    return audio
+
+
+_ARRAY = "<array>"
+
+
+def _array_chunks(samples: np.ndarray) -> Iterator[np.ndarray]:
+    # [n] float16/32/64 -> [<= block] float32, ...: converted block by block, never the whole array at once
+    for start in range(0, len(samples), _READ_BLOCK):
+        yield np.asarray(samples[start : start + _READ_BLOCK], dtype=np.float32)
+
+
+def _check_array(samples: np.ndarray) -> None:
+    """What the API accepts: openai-whisper's input, float32 (or float16/64) mono samples at 16 kHz."""
+    dtype = samples.dtype
+    if not np.issubdtype(dtype, np.floating):
+        hint = "; scale integer PCM to [-1, 1] first (int16: x / 32768)" if np.issubdtype(dtype, np.integer) else ""
+        raise AudioError(_ARRAY, f"expected float32 samples in [-1, 1] (float16 and float64 are converted), "
+                                 f"got dtype {dtype}{hint}")
+    if samples.ndim != 1:
+        raise AudioError(_ARRAY, f"expected mono 16 kHz samples of shape (n,), got shape {samples.shape}; "
+                                 f"mix the channels down (and resample to 16 kHz) first")
+    validity = _Validity()
+    for start in range(0, len(samples), _READ_BLOCK):
+        validity.update(samples[start : start + _READ_BLOCK, None], start)
+    if problem := validity.problem(SAMPLE_RATE, channels=False):
+        raise AudioError(_ARRAY, problem)
+    if dtype.itemsize > 4:
+        finfo = np.finfo(np.float32)
+        beyond = sum(int((np.abs(samples[s : s + _READ_BLOCK]) > finfo.max).sum())
+                     for s in range(0, len(samples), _READ_BLOCK))
+        if beyond:
+            raise AudioError(_ARRAY, f"{beyond} sample(s) of {len(samples)} beyond float32's range (±{finfo.max:.3g})")
 
 
 def open_audio(source: str | os.PathLike | np.ndarray | Audio, n_mels: int = 80) -> Audio:
+    """A file (any rate, any channel count) or an array of mono 16 kHz samples, validated, ready to stream.
+
+    The whole input is read once here (a bad file or array raises AudioError, an InputError, before
+    anything is decoded), and again by each `mel_windows()`. An array is not copied: it is read when
+    the windows are, so do not change it in between.
+    """
     if isinstance(source, Audio):
-        return source
+        if source.n_mels == n_mels:
+            return source
+        source = source._source  # another filterbank: another maximum
     if isinstance(source, np.ndarray):
-        return Audio("<array>", source.astype(np.float32), n_mels)
-    return Audio(os.fspath(source), load_audio(source), n_mels)
+        _check_array(source)
+        audio = Audio(_ARRAY, source, lambda: _array_chunks(source), SAMPLE_RATE, n_mels)
+        audio._scan(_array_chunks(source))
+        return audio
+    return _open_file_source(os.fspath(source), n_mels)

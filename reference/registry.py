@@ -49,8 +49,10 @@ def available_backends() -> list[str]:
 def _load(ep: EntryPoint, what: str) -> Any:
     try:
         return ep.load()
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         raise BackendUnavailable(f"{what} {ep.name!r} needs a package that is not installed: {e}") from e
+    except ImportError as e:  # installed, but broken (e.g. a backend older than this whisperkv)
+        raise BackendUnavailable(f"{what} {ep.name!r} cannot be imported ({ep.value}): {e}") from e
 
 
 def create_backend(name: str, checkpoint: Checkpoint, **options: Any) -> Backend:

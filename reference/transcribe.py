@@ -71,6 +71,9 @@ class Whisper:
                    progress: Callable[[float], None] | None = None, **decode_options: Any) -> Transcript:
         """A file (or 16 kHz mono float32 samples) -> Transcript, window after window of 30 s.
 
+        The audio is validated whole before the first window is decoded: a file or array that cannot be
+        used (unreadable, NaN or inf samples, an array that is not 1-D floating point) raises AudioError,
+        an InputError, in one line. Memory is bounded by the window: the log-mel is streamed (audio.py).
         `progress`, if given, is called after each window with the seconds of audio done so far.
         """
         source = open_audio(audio, self.dims.n_mels)

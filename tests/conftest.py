@@ -1,25 +1,24 @@
-"""Shared fixtures: the bundled tiny.en, loaded once per session, and the real clips."""
+"""Shared fixtures: the bundled tiny.en, loaded once per session; the word error rate report.
+
+Two tiers:
+
+    python -m pytest -m "not slow" -q     # everyday work: a cheap test of every area, under 3 minutes on 2 cores
+    python -m pytest -q                   # the full suite, as .ci/run runs it (every clip, every compile)
+
+Tests marked `slow` (pyproject.toml registers the marker) decode real tiny.en on every clip, compile or
+export whole models, or run the CLI end to end many times; each area keeps a cheap test in the fast tier.
+
+Shared helpers (the clips, small checkpoints, the kernel comparison) live in tests/helpers.py: no test
+module imports another. The names below stay importable from here for modules that still do.
+"""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import pytest
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-AUDIO_DIR = FIXTURES / "audio"
+from .helpers import AUDIO_DIR, CLIPS, FIXTURES, WER_REPORT, clip_manifest
 
-
-def clip_manifest() -> list[dict[str, str]]:
-    with open(AUDIO_DIR / "MANIFEST.tsv", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-CLIPS = [row["file"] for row in clip_manifest()]
-
-# clip -> (word error rate, hypothesis, human transcript), filled by tests/test_oracle.py, printed at the end
-WER_REPORT: dict[str, tuple[float, str, str]] = {}
+__all__ = ["AUDIO_DIR", "CLIPS", "FIXTURES", "WER_REPORT", "clip_manifest"]
 
 
 @pytest.fixture(scope="session")

@@ -491,3 +491,164 @@ def test_other_formats_decode(tmp_path: Path, fmt: str, subtype: str) -> None:
     # Either way the resampled 440 Hz tone of amplitude 0.5 is recovered, which a wrong rate would not be.
     tol = 1e-3 if fmt == "FLAC" else 5e-2
     assert np.abs(interior(audio - tone(440, SAMPLE_RATE, len(audio), 0.5), SAMPLE_RATE)).max() < tol
+
+
+# ----------------------------------------------------------------------------------------------
+# open_audio: the same windows, streamed, bit for bit; memory bounded by the window
+
+
+def assert_same_windows(streamed, whole: list[tuple[int, np.ndarray]]) -> None:
+    # Bit-identical, no tolerance: both paths run the same block computations at the same boundaries.
+    streamed = list(streamed)
+    assert [seek for seek, _ in streamed] == [seek for seek, _ in whole]
+    for (seek, ours), (_, theirs) in zip(streamed, whole, strict=True):
+        assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape, seek
+        assert np.array_equal(ours, theirs), f"window at frame {seek} differs"
+
+
+@pytest.mark.parametrize("clip", [c.name for c in CLIPS])
+def test_streamed_windows_equal_the_whole_file_on_every_clip(clips: dict[str, np.ndarray], clip: str) -> None:
+    source = A.open_audio(AUDIO_DIR / clip)
+    assert source.name == str(AUDIO_DIR / clip) and source.duration == len(clips[clip]) / SAMPLE_RATE
+    assert not hasattr(source, "samples")  # holds neither samples nor log-mel
+    assert_same_windows(source.mel_windows(), mel_windows(clips[clip]))
+    assert_same_windows(source.mel_windows(), mel_windows(clips[clip]))  # a second read gives the same again
+    # An array source is streamed the same way.
+    assert_same_windows(A.open_audio(clips[clip]).mel_windows(), mel_windows(clips[clip]))
+
+
+def test_streamed_windows_with_128_mels_and_other_window_sizes(clips: dict[str, np.ndarray]) -> None:
+    audio = clips[LJSPEECH.name]
+    assert_same_windows(A.open_audio(LJSPEECH, 128).mel_windows(), mel_windows(audio, 128))
+    assert_same_windows(A.open_audio(LJSPEECH).mel_windows(1234), mel_windows(audio, 80, 1234))
+    # An Audio opened for another filterbank is reopened: its floor depends on the filterbank.
+    assert_same_windows(A.open_audio(A.open_audio(LJSPEECH), 128).mel_windows(), mel_windows(audio, 128))
+    with pytest.raises(ValueError, match="n_frames"):
+        A.open_audio(LJSPEECH).mel_windows(0)
+
+
+def test_streamed_windows_are_a_generator() -> None:
+    windows = A.open_audio(LJSPEECH).mel_windows()
+    assert iter(windows) is windows  # one window at a time: a list of 240 windows is itself 230 MB for 2 h
+    assert next(windows)[0] == 0
+
+
+@given(
+    seconds=st.floats(0.0, 4.0),
+    sr=st.sampled_from([8000, 16000, 22050, 44100, 48000, 11025]),
+    channels=st.integers(1, 3),
+    n_frames=st.sampled_from([N_FRAMES, 317, 1000]),
+    read_block=st.sampled_from([97, 1000, 4096]),
+)
+@PROPERTY
+def test_streaming_matches_the_whole_file_across_block_boundaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: float, sr: int, channels: int, n_frames: int,
+    read_block: int,
+) -> None:
+    """Small blocks (the same for both paths) put many resampling, FFT and read boundaries inside windows,
+    including reads that split a resampling block or an FFT block anywhere."""
+    monkeypatch.setattr(A, "_READ_BLOCK", read_block)
+    monkeypatch.setattr(A, "_RESAMPLE_BLOCK", 2000)
+    monkeypatch.setattr(A, "_FRAME_BLOCK", 130)
+    n = max(1, int(seconds * sr))  # a file of 0 frames is refused (test_zero_frames)
+    rng = np.random.default_rng(n + channels)
+    data = (0.3 * rng.standard_normal((n, channels)) * np.linspace(0, 1, n)[:, None]).astype(np.float32)
+    path = tmp_path / "blocks.wav"
+    sf.write(str(path), data, sr, subtype="FLOAT")
+    audio = load_audio(path)
+    source = A.open_audio(path)
+    assert source.duration == len(audio) / SAMPLE_RATE
+    assert_same_windows(source.mel_windows(n_frames), mel_windows(audio, 80, n_frames))
+    assert_same_windows(A.open_audio(audio).mel_windows(n_frames), mel_windows(audio, 80, n_frames))
+
+
+@pytest.mark.slow  # ~10 s on 2 shared cores; the fast tier keeps the small-block property test above
+def test_streaming_a_long_file_matches_the_whole_file(tmp_path: Path) -> None:
+    """100 s of 44.1 kHz stereo at the real block sizes: two resampling blocks (65.5 s) and five FFT blocks
+    (20.5 s each), boundaries falling inside windows."""
+    sr, n = 44100, 100 * 44100
+    rng = np.random.default_rng(1)
+    t = np.arange(n) / sr
+    left = 0.2 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 0.05 * t))
+    data = np.stack([left, 0.05 * rng.standard_normal(n)], axis=1).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(str(path), data, sr, subtype="FLOAT")
+    audio = load_audio(path)
+    assert len(audio) > 1 << 20 and len(audio) // HOP_LENGTH > A._FRAME_BLOCK  # more than one block of each
+    assert_same_windows(A.open_audio(path).mel_windows(), mel_windows(audio))
+
+
+# A child process that streams a file's windows and reports its own peak RSS (in KiB on Linux).
+_STREAM_AND_MEASURE = """
+import resource, sys
+from whisperkv.reference.audio import open_audio
+source = open_audio(sys.argv[1])
+count = sum(1 for _ in source.mel_windows())
+print(count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def write_silence(path: Path, seconds: int) -> None:
+    # Written a minute at a time, so that the test itself stays small too.
+    with sf.SoundFile(str(path), "w", SAMPLE_RATE, 1, subtype="PCM_16") as f:
+        minute = np.zeros(60 * SAMPLE_RATE, np.int16)
+        for start in range(0, seconds, 60):
+            f.write(minute[: min(60, seconds - start) * SAMPLE_RATE])
+
+
+def peak_rss_mib(path: Path) -> tuple[int, float]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _STREAM_AND_MEASURE, str(path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[0]), int(out[1]) / 1024
+
+
+@pytest.mark.slow
+def test_two_hours_stream_in_bounded_memory(tmp_path: Path) -> None:
+    long, short = tmp_path / "2h.wav", tmp_path / "30s.wav"
+    write_silence(long, 2 * 3600)
+    write_silence(short, 30)
+    n_long, rss_long = peak_rss_mib(long)
+    n_short, rss_short = peak_rss_mib(short)
+    assert (n_long, n_short) == (240, 1)
+    # The issue's bound: 2 hours within ~150 MB of a 30 s clip. Whole-file features need ~2.4 GB here (115M
+    # samples, a [80, 720000] log-mel, 240 windows); any one of those alone exceeds 150 MiB. Streaming holds
+    # the same state for both files: one 2048-frame FFT block (~10 MB of temporaries), a resampling or FFT
+    # block of samples (a few MB) and a window or two. Measured: ~71 MiB against ~66 MiB.
+    assert rss_long - rss_short < 150, (rss_long, rss_short)
+
+
+# ----------------------------------------------------------------------------------------------
+# open_audio refuses what load_audio refuses, with the same one-line message, before any window
+
+
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    files = {"missing": tmp_path / "nope.wav", "directory": tmp_path / "folder.wav", "text": tmp_path / "notes.wav",
+             "zero bytes": tmp_path / "empty.wav", "zero frames": tmp_path / "silent.wav",
+             "nan": tmp_path / "nan.wav", "inf": tmp_path / "inf.wav"}
+    files["directory"].mkdir()
+    files["text"].write_text("not audio\n")
+    files["zero bytes"].touch()
+    sf.write(str(files["zero frames"]), np.zeros((0, 2), np.float32), 44100, subtype="FLOAT")
+    for kind, value in (("nan", np.nan), ("inf", -np.inf)):
+        # Past the first read block, and in a later one too: every block is checked and counted.
+        data = np.zeros((3 * A._READ_BLOCK, 2), np.float32)
+        data[A._READ_BLOCK + 5, 1] = data[2 * A._READ_BLOCK + 7, 0] = value
+        sf.write(str(files[kind]), data, 22050, subtype="FLOAT")
+    return files
+
+
+def test_open_audio_refuses_bad_files_as_load_audio_does(tmp_path: Path) -> None:
+    for kind, path in bad_files(tmp_path).items():
+        with pytest.raises(AudioError) as whole:
+            load_audio(path)
+        with pytest.raises(AudioError) as streamed:
+            A.open_audio(path)
+        assert str(streamed.value) == str(whole.value), kind
+        assert_one_line_naming(streamed, path)
+    with pytest.raises(AudioError) as err:
+        A.open_audio(tmp_path / "nan.wav")
+    assert f"2 NaN and 0 inf sample(s) of {6 * A._READ_BLOCK}; first at frame {A._READ_BLOCK + 5} " in str(err.value)
+    assert "channel 1" in str(err.value)

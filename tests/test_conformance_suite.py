@@ -19,6 +19,7 @@ def conformance(candidate: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # the whole conformance suite in a subprocess: ~1 min
 def test_a_correct_backend_passes_every_property() -> None:
     pytest.importorskip("tvm")
     p = conformance("tvm")
@@ -26,6 +27,7 @@ def test_a_correct_backend_passes_every_property() -> None:
     assert "9 passed" in p.stdout
 
 
+@pytest.mark.slow  # the whole conformance suite in a subprocess: ~1 min
 def test_a_buggy_backend_fails_with_the_first_wrong_step_and_the_cause() -> None:
     p = conformance("mutant:swapped_slots")
     assert p.returncode == 1

@@ -15,14 +15,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whisperkv.reference import kv as kvslots
 from whisperkv.reference.audio import load_audio, mel_windows
+from whisperkv.reference.checks.verify import verify
 from whisperkv.reference.decoding import Decoder, DecodingResult
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.model import NumpyModel
-from whisperkv.reference.weights import Checkpoint, random_weights
+from whisperkv.reference.weights import Checkpoint
 
-from .conftest import AUDIO_DIR, CLIPS
+from .helpers import (
+    AUDIO_DIR,
+    CLIP_PARAMS,
+    SMALL,
+    SMALL_ATOL,
+    assert_agrees,
+    compare_with_reference,
+    no_speech_prob,
+    small_checkpoint,
+    small_dims,
+)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -34,28 +44,11 @@ from whisperkv.backends.onnx.ort import OnnxRuntimeBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The reference's margin (filtered top-1 minus top-2 logit) below which either choice is a tie
-# (ARCHITECTURE.md: ~1e-3 relative to the logit scale; tiny.en's top logits are ~10..30).
-TIE_MARGIN = 1e-2
-
-# float32 onnxruntime vs float32 numpy: the same math with other summation orders and fused kernels.
-# Measured on the shared clips: at most 3e-5 on the filtered top-5 logits (whose scale is 10..30), so
-# 1e-3 leaves a 30x margin for other CPUs' kernels. A wrong position, mask, slot or weight moves them by O(1).
-FP32_LOGIT_ATOL = 1e-3
-
 FP16_REPORT: list[str] = []
 
 
 # ----------------------------------------------------------------------------------------------
 # Fixtures
-
-
-def small_checkpoint(dims: ModelDims, seed: int = 0) -> Checkpoint:
-    return Checkpoint(dims, random_weights(dims, seed), Path("/nonexistent"), "float32", "random")
-
-
-SMALL = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2, n_vocab=20,
-                  n_text_ctx=10, n_text_state=8, n_text_head=2, n_text_layer=2)
 
 
 @pytest.fixture(scope="session")
@@ -82,14 +75,23 @@ def ort_fp16(tiny_en, onnx_fp16_dir) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(tiny_en.checkpoint, onnx_dir=onnx_fp16_dir)
 
 
+class ReferenceWindows(dict):
+    """clip -> [(seek, mel, the numpy reference's traced result)], each clip decoded once, when first asked
+    for (the fast tier asks for one short clip only)."""
+
+    def __init__(self, tiny_en) -> None:
+        super().__init__()
+        self.tiny_en = tiny_en
+
+    def __missing__(self, clip: str) -> list[tuple[int, np.ndarray, DecodingResult]]:
+        windows = mel_windows(load_audio(AUDIO_DIR / clip), self.tiny_en.dims.n_mels)
+        self[clip] = [(seek, mel, self.tiny_en.decode(mel, trace=True)) for seek, mel in windows]
+        return self[clip]
+
+
 @pytest.fixture(scope="module")
-def reference_windows(tiny_en) -> dict[str, list[tuple[int, np.ndarray, DecodingResult]]]:
-    """clip -> [(seek, mel, the numpy reference's traced result)], computed once for every test here."""
-    out = {}
-    for clip in CLIPS:
-        windows = mel_windows(load_audio(AUDIO_DIR / clip), tiny_en.dims.n_mels)
-        out[clip] = [(seek, mel, tiny_en.decode(mel, trace=True)) for seek, mel in windows]
-    return out
+def reference_windows(tiny_en) -> ReferenceWindows:
+    return ReferenceWindows(tiny_en)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -174,40 +176,7 @@ def test_fp16_export_keeps_layer_norm_and_softmax_in_float32() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Random small models: every variant, every engine, against the numpy reference
-
-
-# float32 through different kernels on O(1) activations: ~1e-6 observed; 1e-4 still fails on any wrong
-# position, mask, slot or weight (those move logits by O(0.1)).
-SMALL_ATOL = 1e-4
-
-
-def compare_with_reference(backend, ref: NumpyModel, seed: int, n_start: int, n_steps: int, atol: float) -> None:
-    rng = np.random.default_rng(seed)
-    d = ref.dims
-    mel = rng.standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32)
-    tokens = rng.integers(0, d.n_vocab, n_start + n_steps).tolist()
-    got_f, ref_f = backend.encode(mel), ref.encode(mel)
-    np.testing.assert_allclose(backend.to_numpy(got_f), ref_f, atol=atol)
-    got, kv = backend.prefill(tokens[:n_start], got_f, backend.zero_kv())
-    want, ref_kv = ref.prefill(tokens[:n_start], ref_f, ref.zero_kv())
-    np.testing.assert_allclose(got, want, atol=atol)
-    for t in tokens[n_start:]:
-        (got, present), (want, ref_present) = backend.step(t, kv), ref.step(t, ref_kv)
-        np.testing.assert_allclose(got, want, atol=atol)
-        kv, ref_kv = kvslots.remap_present(kv, present), kvslots.remap_present(ref_kv, ref_present)
-        assert kvslots.shapes([backend.to_numpy(s) for s in kv]) == kvslots.shapes(ref_kv)
-
-
-@st.composite
-def small_dims(draw: st.DrawFn) -> ModelDims:
-    head_dim = draw(st.sampled_from([2, 4]))
-    heads = draw(st.integers(1, 3))
-    n_state = head_dim * heads
-    return ModelDims(n_mels=draw(st.integers(1, 5)), n_audio_ctx=draw(st.integers(1, 6)), n_audio_state=n_state,
-                     n_audio_head=heads, n_audio_layer=draw(st.integers(1, 2)), n_vocab=draw(st.integers(8, 40)),
-                     n_text_ctx=draw(st.integers(5, 12)), n_text_state=n_state, n_text_head=heads,
-                     n_text_layer=draw(st.integers(1, 3)))
+# Random small models: every variant, every engine, against the numpy reference (raw outputs, SMALL_ATOL)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -225,23 +194,18 @@ def test_ort_equals_reference_on_random_models(tmp_path_factory, dims, seed, cac
 
 
 # ----------------------------------------------------------------------------------------------
-# Real speech: exported fp32 in onnxruntime gives the reference's tokens
+# Real speech: exported fp32 in onnxruntime agrees with the reference under verify()
 
 
-@pytest.mark.parametrize("clip", CLIPS)
-def test_ort_fp32_tokens_equal_reference(tiny_en, ort_fp32, reference_windows, clip: str) -> None:
-    for seek, mel, ref in reference_windows[clip]:
-        got = decode_with(ort_fp32, tiny_en, mel)
-        where = f"{clip} window at frame {seek}"
-        # Ties would make token equality a matter of luck; there are none on the shared clips.
-        assert min(e.margin for e in ref.events if e.margin is not None) > TIE_MARGIN, where
-        assert got.tokens == ref.tokens, f"{where}: first disagreement at {first_disagreement(ref, got)}"
-        for e_ref, e_got in zip(ref.events, got.events, strict=True):
-            if e_ref.top:  # the filtered top-5 logits, step by step
-                np.testing.assert_allclose([v for _, v in e_got.top], [v for _, v in e_ref.top],
-                                           atol=FP32_LOGIT_ATOL, err_msg=f"{where}, step {e_ref.step}")
-        # Both compute one float32 softmax at the SOT position; 1e-4 catches a wrong position (O(0.01..1)).
-        assert got.no_speech_prob == pytest.approx(ref.no_speech_prob, abs=1e-4)
+@pytest.mark.parametrize("clip", CLIP_PARAMS)
+def test_ort_fp32_agrees_with_reference(tiny_en, ort_fp32, reference_windows, clip: str) -> None:
+    mels = [mel for _, mel, _ in reference_windows[clip]]
+    report = verify(tiny_en.backend, ort_fp32, tiny_en.tokenizer, tiny_en.checkpoint, mels, audio=clip)
+    assert_agrees(report)  # the reference's tokens at every step, zero ties: the shared clips have none
+    for (seek, mel, ref) in reference_windows[clip]:
+        # Both compute one float32 softmax at the SOT position, which verify() does not read (it compares
+        # the last start position's logits); 1e-4 catches a wrong position (O(0.01..1)).
+        assert no_speech_prob(ort_fp32, tiny_en.tokenizer, mel) == pytest.approx(ref.no_speech_prob, abs=1e-4), seek
 
 
 # fp16 weights are exact for tiny.en (stored in fp16), but float16 activations are not: the logits move
@@ -250,7 +214,7 @@ def test_ort_fp32_tokens_equal_reference(tiny_en, ort_fp32, reference_windows, c
 FP16_MAX_FLIP_GAP = 1.0
 
 
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("clip", CLIP_PARAMS)
 def test_ort_fp16_compared_and_disagreements_reported(tiny_en, ort_fp16, reference_windows, clip: str) -> None:
     for seek, mel, ref in reference_windows[clip]:
         got = decode_with(ort_fp16, tiny_en, mel)
@@ -380,8 +344,9 @@ def tvm_onnx():
     return tvm_onnx
 
 
-@pytest.mark.parametrize("variant", [{}, {"cache_position": True, "past_encoder_hidden_states": True}],
-                         ids=["optimum-0.1", "cache_position+encoder_hidden_states"])
+@pytest.mark.parametrize("variant", [pytest.param({}, id="optimum-0.1"),
+                                     pytest.param({"cache_position": True, "past_encoder_hidden_states": True},
+                                                  id="cache_position+encoder_hidden_states", marks=pytest.mark.slow)])
 def test_tvm_onnx_equals_reference_on_a_small_model(tvm_onnx, tmp_path: Path, variant: dict) -> None:
     checkpoint = small_checkpoint(SMALL, seed=3)
     export_onnx(checkpoint, tmp_path / "onnx", **variant)
@@ -390,6 +355,7 @@ def test_tvm_onnx_equals_reference_on_a_small_model(tvm_onnx, tmp_path: Path, va
     compare_with_reference(backend, NumpyModel(checkpoint), 3, n_start=3, n_steps=4, atol=SMALL_ATOL)
 
 
+@pytest.mark.slow  # ~20 s of unscheduled TVM encoder per window, and a compile of tiny.en
 def test_tvm_onnx_tokens_equal_reference_on_real_speech(tvm_onnx, tiny_en, onnx_fp32_dir, reference_windows,
                                                         tmp_path_factory) -> None:
     # TVM's default CPU kernels are unscheduled (~1.7 GFLOP/s): one 30 s window costs ~20 s of encoder
@@ -397,13 +363,12 @@ def test_tvm_onnx_tokens_equal_reference_on_real_speech(tvm_onnx, tiny_en, onnx_
     clip = "speechrecognition_english_one_two_three.wav"
     backend = tvm_onnx.TVMOnnxBackend(tiny_en.checkpoint, onnx_dir=onnx_fp32_dir,
                                       library_dir=tmp_path_factory.mktemp("tvm-onnx-lib"))
-    for seek, mel, ref in reference_windows[clip]:
-        got = decode_with(backend, tiny_en, mel)
-        assert got.tokens == ref.tokens, f"{clip} @{seek}: first disagreement at {first_disagreement(ref, got)}"
+    mels = [mel for _, mel, _ in reference_windows[clip]]
+    assert_agrees(verify(tiny_en.backend, backend, tiny_en.tokenizer, tiny_en.checkpoint, mels, audio=clip))
 
 
 def test_export_onnx_command_writes_the_fp16_folder(tmp_path: Path, capsys) -> None:
-    from whisperkv.backends.onnx.cli import main
+    from whisperkv.reference.app.cli import main  # export-onnx comes through the whisperkv.commands entry point
     from whisperkv.reference.weights import save_huggingface
 
     save_huggingface(small_checkpoint(SMALL), tmp_path / "model")

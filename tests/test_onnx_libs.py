@@ -24,10 +24,18 @@ from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.model import NumpyModel
 from whisperkv.reference.registry import BackendUnavailable
 from whisperkv.reference.tokenizer import Tokenizer
-from whisperkv.reference.weights import Checkpoint, default_model_dir, random_weights
+from whisperkv.reference.weights import Checkpoint, default_model_dir
 
-from .conftest import AUDIO_DIR
-from .test_onnx import SMALL_ATOL, compare_with_reference
+from .helpers import (
+    AUDIO_DIR,
+    SHORT_CLIP,
+    SMALL_ATOL,
+    TINY_VOCAB_DIMS,
+    assert_agrees,
+    compare_with_reference,
+    random_windows,
+    small_checkpoint,
+)
 
 pytest.importorskip("onnx")
 pytest.importorskip("tvm")
@@ -37,13 +45,12 @@ from whisperkv.backends.onnx import layout, tvm_libs  # noqa: E402
 from whisperkv.backends.onnx.folder import OnnxFolderError  # noqa: E402
 
 # tiny dims, tiny.en's vocabulary; n_text_ctx 16 -> verify samples at most 8 tokens per window
-DIMS = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2, n_vocab=51864,
-                 n_text_ctx=16, n_text_state=8, n_text_head=2, n_text_layer=2)
+DIMS = TINY_VOCAB_DIMS
 SEED = 5
 
 
 def checkpoint(dims: ModelDims = DIMS, seed: int = SEED) -> Checkpoint:
-    return Checkpoint(dims, random_weights(dims, seed), Path("/nonexistent"), "float32", "random")
+    return small_checkpoint(dims, seed)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +76,9 @@ def test_verify_finds_no_divergence_in_a_seed_style_folder(libs: Path, tokenizer
     assert isinstance(candidate, tvm_libs.TVMLibraryFolderBackend)
     assert set(candidate.bound_by.values()) == {"name"}  # TVM 0.27 records main's parameter names
     assert candidate.variant == {"cache_position": False, "past_encoder_hidden_states": False}
-    rng = np.random.default_rng(SEED)
-    windows = [rng.standard_normal((DIMS.n_mels, DIMS.n_mel_frames)).astype(np.float32) for _ in range(2)]
+    windows = random_windows(DIMS, SEED, n=2)
     report = verify(NumpyModel(ck), candidate, tokenizer, ck, windows)
-    assert report.agree, (report.first_divergence, report.diagnosis)
-    assert report.ties == 0 and report.first_divergence is None
+    assert_agrees(report)  # no tie either: measured none for this seed
     assert report.steps > 0  # the comparison went past prefill
     # not vacuous: the weights are embedded in the libraries, so another checkpoint's reference disagrees
     other = checkpoint(seed=SEED + 1)
@@ -81,6 +86,7 @@ def test_verify_finds_no_divergence_in_a_seed_style_folder(libs: Path, tokenizer
     assert not report.agree and report.first_divergence.stage == "encode"
 
 
+@pytest.mark.slow  # compiles a second folder of three libraries
 def test_the_variant_is_read_off_the_parameter_names(tmp_path: Path) -> None:
     ck = checkpoint(seed=7)
     tvm_libs.compile_seed_style_folder(ck, tmp_path, fp16=True, cache_position=True, past_encoder_hidden_states=True)
@@ -135,10 +141,11 @@ def test_libraries_of_other_dims_are_refused_naming_file_and_tensor(libs: Path) 
         other._run(layout.ENCODER, {"input_features": wrong}, ["last_hidden_state"])
 
 
+@pytest.mark.slow  # compiles tiny.en three times and runs its unscheduled encoder
 def test_cli_verify_on_a_real_tiny_en_seed_style_folder(tiny_en, tmp_path: Path) -> None:
     # The seed's case: tiny.en's three Optimum models, each compiled the plain way to a .so, no .onnx.
     tvm_libs.compile_seed_style_folder(tiny_en.checkpoint, tmp_path)
-    clip = AUDIO_DIR / "pocketsphinx_goforward.wav"  # one window, 5 sampled tokens
+    clip = AUDIO_DIR / SHORT_CLIP  # one window, 5 sampled tokens
     p = subprocess.run([sys.executable, "-m", "whisperkv", "verify", str(clip), "--candidate", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -3,9 +3,9 @@ running a folder that holds it in place of, or beside, the two separate decoders
 
 The merged graph's branches are our two decoder graphs node for node, so the tolerances are those of
 tests/test_onnx.py: float32 onnxruntime against float32 numpy differs by summation order only (~1e-6 on
-the random models, ~3e-5 on tiny.en's top-5 logits), far below what a wrong branch, flag, slot or position
-moves (O(0.1) and more). Random models cost milliseconds; the one tiny.en export (~5 s) and a short real
-clip (~3 s) dominate the file's runtime.
+the random models: SMALL_ATOL; on tiny.en, verify()'s relative 1e-3), far below what a wrong branch, flag,
+slot or position moves (O(0.1) and more). Random models cost milliseconds; the one tiny.en export (~5 s)
+and a short real clip (~3 s) dominate the file's runtime.
 """
 
 from __future__ import annotations
@@ -18,24 +18,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from whisperkv.reference import kv as kvslots
-from whisperkv.reference.audio import load_audio, mel_windows
 from whisperkv.reference.checks.verify import verify
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.model import NumpyModel
 from whisperkv.reference.tokenizer import Tokenizer
-from whisperkv.reference.weights import Checkpoint, default_model_dir, random_weights
+from whisperkv.reference.weights import Checkpoint, default_model_dir
 
-from .conftest import AUDIO_DIR
-from .test_onnx import (
-    FP32_LOGIT_ATOL,
+from .helpers import (
+    SHORT_CLIP,
     SMALL,
     SMALL_ATOL,
-    TIE_MARGIN,
+    TINY_VOCAB_DIMS,
+    assert_agrees,
     compare_with_reference,
-    decode_with,
-    first_disagreement,
+    no_speech_prob,
+    random_windows,
     small_checkpoint,
     small_dims,
+    windows,
 )
 
 onnx = pytest.importorskip("onnx")
@@ -136,7 +136,7 @@ def test_the_cached_branch_encoder_presents(mode: str) -> None:
 
 
 def test_export_onnx_command_writes_the_merged_file_too(tmp_path: Path) -> None:
-    from whisperkv.backends.onnx.cli import main
+    from whisperkv.reference.app.cli import main  # export-onnx comes through the whisperkv.commands entry point
     from whisperkv.reference.weights import save_huggingface
 
     save_huggingface(small_checkpoint(SMALL), tmp_path / "model")
@@ -206,25 +206,22 @@ def test_fp16_merged_equals_fp16_separate(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # verify: tiny dims with tiny.en's vocabulary, so the real tokenizer and the state machine's filters apply
 
-VERIFY_DIMS = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2, n_vocab=51864,
-                        n_text_ctx=16, n_text_state=8, n_text_head=2, n_text_layer=2)
+VERIFY_DIMS = TINY_VOCAB_DIMS
 
 
 def test_verify_agrees_on_a_merged_folder_opened_as_a_candidate(tmp_path: Path) -> None:
     from whisperkv.backends import open_folder
 
-    ck = Checkpoint(VERIFY_DIMS, random_weights(VERIFY_DIMS, 8), Path("/nonexistent"), "float32", "random")
+    ck = small_checkpoint(VERIFY_DIMS, 8)
     candidate = open_folder(merged_folder(ck, tmp_path), ck)  # `whisperkv verify --candidate FOLDER`'s route
     assert isinstance(candidate, OnnxRuntimeBackend) and candidate.merged
     tokenizer = Tokenizer(default_model_dir() / "tokenizer.json", multilingual=False)
-    rng = np.random.default_rng(8)
-    windows = [rng.standard_normal((VERIFY_DIMS.n_mels, VERIFY_DIMS.n_mel_frames)).astype(np.float32)
-               for _ in range(2)]
-    report = verify(NumpyModel(ck), candidate, tokenizer, ck, windows)
-    assert report.agree and report.first_divergence is None, (report.first_divergence, report.diagnosis)
+    mels = random_windows(VERIFY_DIMS, 8, n=2)
+    report = verify(NumpyModel(ck), candidate, tokenizer, ck, mels)
+    assert_agrees(report, ties_allowed=True)  # random weights: a tie is possible and accepted
     assert report.steps > 0  # the comparison went through the cached branch
-    other = Checkpoint(VERIFY_DIMS, random_weights(VERIFY_DIMS, 9), Path("/nonexistent"), "float32", "random")
-    assert not verify(NumpyModel(other), candidate, tokenizer, other, windows).agree  # not vacuous
+    other = small_checkpoint(VERIFY_DIMS, 9)
+    assert not verify(NumpyModel(other), candidate, tokenizer, other, mels).agree  # not vacuous
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,17 +286,13 @@ def test_a_merged_file_without_the_flag_or_an_output_is_refused(small_merged: Pa
 # tiny.en on real speech
 
 
-def test_tiny_en_merged_folder_tokens_equal_the_reference(tiny_en, tmp_path_factory) -> None:
-    clip = "pocketsphinx_goforward.wav"  # 2.8 s: one window
+def test_tiny_en_merged_folder_agrees_with_the_reference(tiny_en, tmp_path_factory) -> None:
     backend = OnnxRuntimeBackend(tiny_en.checkpoint, onnx_dir=merged_folder(tiny_en.checkpoint,
                                                                              tmp_path_factory.mktemp("tiny-merged")))
     assert backend.merged
-    for seek, mel in mel_windows(load_audio(AUDIO_DIR / clip), tiny_en.dims.n_mels):
-        ref, got = tiny_en.decode(mel, trace=True), decode_with(backend, tiny_en, mel)
-        where = f"{clip} window at frame {seek}"
-        assert min(e.margin for e in ref.events if e.margin is not None) > TIE_MARGIN, where
-        assert got.tokens == ref.tokens, f"{where}: first disagreement at {first_disagreement(ref, got)}"
-        for e_ref, e_got in zip(ref.events, got.events, strict=True):
-            if e_ref.top:
-                np.testing.assert_allclose([v for _, v in e_got.top], [v for _, v in e_ref.top],
-                                           atol=FP32_LOGIT_ATOL, err_msg=f"{where}, step {e_ref.step}")
+    mels = windows(SHORT_CLIP, tiny_en.dims.n_mels)  # 2.8 s: one window
+    assert_agrees(verify(tiny_en.backend, backend, tiny_en.tokenizer, tiny_en.checkpoint, mels, audio=SHORT_CLIP))
+    # the SOT position's float32 softmax, which verify() does not read; 1e-4 catches a wrong position (O(0.01..1))
+    for mel in mels:
+        got, want = (no_speech_prob(b, tiny_en.tokenizer, mel) for b in (backend, tiny_en.backend))
+        assert abs(got - want) < 1e-4

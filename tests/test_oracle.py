@@ -15,7 +15,7 @@ import pytest
 
 from whisperkv.reference.audio import load_audio, mel_windows
 
-from .conftest import AUDIO_DIR, CLIPS, WER_REPORT, clip_manifest
+from .helpers import AUDIO_DIR, CLIPS, WER_REPORT, clip_manifest
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 

@@ -16,9 +16,9 @@ from whisperkv.reference.checks.mutants import MUTANTS, make_mutant
 from whisperkv.reference.checks.verify import Tolerance, distance, verify
 from whisperkv.reference.model import NumpyModel
 
-from .conftest import AUDIO_DIR, CLIPS
+from .helpers import AUDIO_DIR, CLIP_PARAMS, SHORT_CLIP
 
-CLIP = AUDIO_DIR / "pocketsphinx_goforward.wav"  # short: 5 sampled tokens, so a full verify is ~1 s
+CLIP = AUDIO_DIR / SHORT_CLIP  # short: 5 sampled tokens, so a full verify is ~1 s
 
 # where each mutant must first be caught: the stage whose numbers it changes first
 EXPECTED_STAGE = {
@@ -58,7 +58,7 @@ def test_each_mutant_is_caught_with_its_diagnosis(tiny_en, reference, name: str)
     assert report.diagnosis.cause == MUTANTS[name].cause, report.diagnosis
 
 
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("clip", CLIP_PARAMS)
 def test_the_reference_agrees_with_itself_on_every_clip(tiny_en, reference, clip: str) -> None:
     # A second, independent NumpyModel instance: no shared state, same math.
     report = verify(reference, NumpyModel(tiny_en.checkpoint), tiny_en.tokenizer, tiny_en.checkpoint,
@@ -67,7 +67,9 @@ def test_the_reference_agrees_with_itself_on_every_clip(tiny_en, reference, clip
     assert report.steps > 0
 
 
-@pytest.mark.parametrize("clip", CLIPS)
+# One clip each through the registry's backends; tests/test_tvm.py and tests/test_onnx.py run the same
+# verify() with the same backends on every clip (the slow tier).
+@pytest.mark.parametrize("clip", [SHORT_CLIP])
 def test_tvm_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
     tvm_backend = pytest.importorskip("whisperkv.backends.tvm")
     candidate = tvm_backend.TVMBackend(tiny_en.checkpoint, quiet=True)
@@ -218,7 +220,7 @@ def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) 
     assert list(cross_len) == [tiny_en.dims.n_audio_ctx] * len(steps)
 
 
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("clip", [SHORT_CLIP])  # every clip: tests/test_onnx.py (see the TVM test above)
 def test_onnxruntime_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
     pytest.importorskip("onnxruntime")
     from whisperkv.reference.registry import create_backend

@@ -2,21 +2,20 @@
 
 `$WHISPERKV_CACHE_DIR`, else `$XDG_CACHE_HOME/whisperkv`, else `~/.cache/whisperkv` (the TVM backend's
 folder too); ONNX exports live under `onnx/`. A folder's name hashes the dims, the weights and the
-exporter's source, so an edited exporter or another checkpoint never reuses a stale export.
+exporter's source, so an edited exporter or another checkpoint never reuses a stale export. Each
+folder is checked against the record of its files' sizes and sha256 before anything opens it, and
+re-exported on a mismatch; exports are locked and atomic (backends/cache.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from whisperkv.reference.files import atomic_folder
 from whisperkv.reference.weights import Checkpoint
 
-from ..cache import cache_dir
-from . import layout
+from ..cache import cache_dir, cached
 
 _EXPORTER_SOURCES = ("export.py", "layout.py")
 
@@ -36,24 +35,17 @@ def weights_hash(checkpoint: Checkpoint) -> str:
     return h.hexdigest()[:16]
 
 
-def exported_folder(checkpoint: Checkpoint, fp16: bool = False, directory: Path | None = None) -> Path:
-    """The Optimum folder of `checkpoint` in the cache, exported on a miss (atomically: a whole folder
-    is renamed into place, so a concurrent or interrupted export never leaves a partial one)."""
+def exported_folder(checkpoint: Checkpoint, fp16: bool = False, directory: Path | None = None,
+                    quiet: bool = True) -> Path:
+    """The Optimum folder of `checkpoint` in the cache, checked against its record, exported on a miss or
+    a mismatch (into a temporary folder renamed into place, under the cache folder's lock)."""
     from .export import export_onnx
 
     key = f"{checkpoint.dims.key()}-{weights_hash(checkpoint)}-{source_hash()}{'-fp16' if fp16 else ''}"
     folder = (directory or cache_dir() / "onnx") / key
-    if all((folder / layout.file_name(p, fp16)).is_file() for p in layout.PARTS):
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=key + ".", dir=folder.parent))
-    try:
-        export_onnx(checkpoint, tmp, fp16=fp16)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process got there first: theirs is as good as ours
-            if not folder.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    def build() -> None:
+        with atomic_folder(folder) as tmp:
+            export_onnx(checkpoint, tmp, fp16=fp16)
+
+    return cached(folder, build, what="ONNX export", quiet=quiet)

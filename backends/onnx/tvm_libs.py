@@ -24,6 +24,9 @@ and no weights file, so everything this backend knows about a graph comes from t
   value of the same layer; `whisperkv verify` can.)
 - Dims are not recorded in a library either: a library of other dims fails on its first call, with the
   file named.
+- These files have no record of their contents (they are not the cache's): each is checked structurally
+  before it is dlopened (backends/cache.py elf_problem), so a truncated, empty or foreign file is a
+  one-line error naming it instead of a SIGBUS or segfault in the dynamic loader.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy as np
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
 from whisperkv.backends.tvm import threads as _threads  # noqa: F401
-from whisperkv.backends.tvm.compile import host_target
+from whisperkv.backends.tvm.compile import LibraryMismatchError, host_target, load_module
 import onnx
 import tvm
 from tvm import relax
@@ -195,9 +198,12 @@ class TVMLibraryFolderBackend(OptimumBackend):
         bindings: dict[str, PartBinding] = {}
         for part, path in find_libraries(self.folder, fp16).items():
             try:
-                vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
-            except Exception as e:  # noqa: BLE001 - any loader failure: say which file
-                raise OnnxFolderError(f"{path}: not a TVM Relax library this runtime can load ({e})") from e
+                vm = relax.VirtualMachine(load_module(path), self.device)
+            except LibraryMismatchError as e:  # checked before dlopen, or refused by TVM: names the file
+                raise OnnxFolderError(str(e)) from None
+            except Exception as e:  # noqa: BLE001 - a library but no Relax VM: say which file
+                raise OnnxFolderError(f"{path}: not a TVM Relax library this runtime can load "
+                                      f"({str(e).splitlines()[0][:200]})") from e
             names = param_names(vm)
             if names is not None:
                 self.order[part], self.bound_by[part] = bind_by_name(part, path, names, dims), "name"

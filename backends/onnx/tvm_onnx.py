@@ -11,6 +11,8 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
 - the graph inputs are specialised before import: batch 1 and the encoder length fixed to n_audio_ctx.
   Optimum names that axis "encoder_sequence_length / 2", which TVM parses as an expression it cannot
   compute from any input, and fixed sizes give TVM static shapes everywhere but the self-KV length;
+- compiled libraries are cached like the native backend's: checked against their record before they are
+  loaded, compiled under the folder's lock (backends/cache.py);
 - TVM_NUM_THREADS is set (to the CPUs this process may use) before tvm is imported, as backends/tvm does:
   the runtime uses one thread otherwise.
 The kernels are TVM's default, unscheduled ones (no dlight matmul rule exists for CPU): correct, slow.
@@ -22,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,7 @@ import numpy as np
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
 from whisperkv.backends.tvm import threads as _threads  # noqa: F401
-from whisperkv.backends.tvm.compile import host_target, write_library  # shared with the native backend
+from whisperkv.backends.tvm.compile import host_target, load_module, write_library  # shared with backends/tvm
 import onnx
 import tvm
 from onnx import numpy_helper
@@ -42,6 +46,7 @@ from tvm import relax
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
+from ..cache import cached, workspace  # noqa: E402
 from .cache import cache_dir, exported_folder  # noqa: E402
 from .folder import OnnxFolderError, PartBinding, check_part, find_files, signature_from_model  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
@@ -72,8 +77,10 @@ def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
     return h.hexdigest()[:24]
 
 
-def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target) -> float:
-    """Import, compile and export one graph to `path` (atomically); returns the seconds it took."""
+def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target,
+                  workspace_dir: Path | None = None) -> float:
+    """Import, compile and export one graph to `path` (atomically); returns the seconds it took.
+    `workspace_dir`: where the compiler puts its intermediate files (default: a system temp folder)."""
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -83,7 +90,7 @@ def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target)
         mod = from_onnx(model, keep_params_in_input=True)
     mod, _ = detach_params(mod)  # the weights are passed at run time
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    write_library(tvm.compile(mod, target), path)
+    write_library(tvm.compile(mod, target), path, workspace_dir)
     return time.perf_counter() - t0
 
 
@@ -97,7 +104,7 @@ class TVMOnnxBackend(OptimumBackend):
 
     def __init__(self, checkpoint: Checkpoint, onnx_dir: str | os.PathLike | None = None, fp16: bool | None = None,
                  library_dir: str | os.PathLike | None = None, quiet: bool = True) -> None:
-        folder = Path(onnx_dir) if onnx_dir is not None else exported_folder(checkpoint, fp16=bool(fp16))
+        folder = Path(onnx_dir) if onnx_dir is not None else exported_folder(checkpoint, fp16=bool(fp16), quiet=quiet)
         self.folder, self.device, self.target = folder, tvm.cpu(), host_target()
         library_dir = Path(library_dir) if library_dir is not None else cache_dir() / "tvm-onnx"
         self.compile_seconds: dict[str, float] = {}  # parts compiled by this instance (cache misses)
@@ -113,15 +120,19 @@ class TVMOnnxBackend(OptimumBackend):
             bindings[part] = check_part(part, path, signature_from_model(model), checkpoint.dims)
             specialize(model, checkpoint.dims)
             library = library_dir / f"{part}-{graph_key(model, self.target)}.so"
-            if not library.exists():
-                if not quiet:
-                    print(f"whisperkv: compiling {path.name} with TVM ...", flush=True)
-                self.compile_seconds[part] = compile_graph(model, library, self.target)
-            self.vms[part] = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+            cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
+                   quiet=quiet)
+            self.vms[part] = relax.VirtualMachine(load_module(library), self.device)
             self.params[part] = weights_of(model, self.device)
             initializers = {t.name for t in model.graph.initializer}
             self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
         super().__init__(checkpoint.dims, bindings)
+
+    def _compile(self, part: str, source: Path, model: onnx.ModelProto, library: Path, quiet: bool) -> None:
+        if not quiet:
+            print(f"whisperkv: compiling {source.name} with TVM ...", file=sys.stderr, flush=True)
+        with workspace(library.parent) as ws:
+            self.compile_seconds[part] = compile_graph(model, library, self.target, ws)
 
     def _native(self, x: np.ndarray) -> Any:
         return tvm.runtime.tensor(x, self.device)

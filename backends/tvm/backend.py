@@ -19,7 +19,7 @@ from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
 from . import threads  # (before tvm)
-from .compile import compile_library, library_path, load_library
+from .compile import cached_library, load_library
 from .model import ModelConfig, pack_params
 
 
@@ -127,8 +127,7 @@ def ensure_compiled(checkpoint: Checkpoint | tuple[ModelDims, dict[str, np.ndarr
     """Warm the cache for this checkpoint's shape (what `whisperkv compile` runs); -> the library path."""
     dims = checkpoint.dims if isinstance(checkpoint, Checkpoint) else checkpoint[0]
     cfg = ModelConfig(dims, _choose_weight_dtype(checkpoint, decoder_weight_dtype))
-    path = library_path(cfg)
-    if force or not path.exists():
-        compile_library(cfg, path, quiet=quiet)
+    # An unusable cache folder is refused here, before any compile work (backends/cache.py).
+    path = cached_library(cfg, force=force, quiet=quiet)
     load_library(cfg, path, compile_if_missing=False)  # proves it loads and matches
     return path

@@ -5,8 +5,12 @@
 - Cache: `$WHISPERKV_CACHE_DIR` or `$XDG_CACHE_HOME/whisperkv` (default `~/.cache/whisperkv`). The file
   name hashes everything the code depends on: dims, weight dtype, target, TVM version and the source
   of the model definition and kernels, so editing a kernel never loads a stale library.
-- Atomic: the library is exported to a temporary file in the cache folder and `os.replace`d into place,
-  so two processes compiling at once, or one killed mid-write, never leave a broken library behind.
+- Checked, locked, atomic (backends/cache.py): a cached library is loaded only if it matches the record
+  of its size and sha256 beside it, and rebuilt otherwise; compiles into one folder are serialized by a
+  lock, so two processes compile once; the library is exported to a temporary file and `os.replace`d
+  into place, the compiler's intermediate files go to the cache's `.tmp/`, and whatever a killed
+  compile left is removed by the next one. A library handed over by path has no record: it is checked
+  structurally (elf_problem) before it is dlopened.
 - Each library carries its own ModelConfig (a `whisperkv_config` function returning JSON); a library
   whose recorded dims differ from the model's is refused before anything runs.
 """
@@ -27,7 +31,7 @@ from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.errors import InputError
 from whisperkv.reference.files import atomic_path
 
-from ..cache import cache_dir
+from ..cache import NotCachedError, cache_dir, cached, check_record, elf_problem, loader_crash, workspace
 from . import threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
 from .model import ModelConfig, build_module
 
@@ -36,6 +40,11 @@ LIBRARY_FORMAT = 1  # bump when the calling convention between backend.py and th
 
 class LibraryMismatchError(InputError):
     """A compiled library that was built for other dims / dtype than the model being loaded."""
+
+
+# `load_library(..., compile_if_missing=False)` with no library there (an InputError, and still the
+# FileNotFoundError it used to be).
+LibraryNotFoundError = NotCachedError
 
 
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
@@ -91,8 +100,11 @@ def _add_config_function(cfg: ModelConfig, mod: tvm.IRModule) -> tvm.IRModule:
     return bb.get()
 
 
-def compile_library(cfg: ModelConfig, path: Path, target: tvm.target.Target | None = None, quiet: bool = False) -> Path:
-    """Build and export atomically to `path`."""
+def compile_library(cfg: ModelConfig, path: Path, target: tvm.target.Target | None = None, quiet: bool = False,
+                    workspace_dir: Path | None = None) -> Path:
+    """Build and export atomically to `path` (no record, no lock: cached_library adds those).
+
+    `workspace_dir`: where the compiler puts its intermediate files (default: a system temp folder)."""
     target = target or host_target()
     t0 = time.perf_counter()
     if not quiet:
@@ -101,17 +113,46 @@ def compile_library(cfg: ModelConfig, path: Path, target: tvm.target.Target | No
     mod = _add_config_function(cfg, build_module(cfg))
     with target:
         mod = _pipeline()(mod)
-    write_library(tvm.compile(mod, target, relax_pipeline=None), path)
+    write_library(tvm.compile(mod, target, relax_pipeline=None), path, workspace_dir)
     if not quiet:
         print(f"whisperkv: compiled in {time.perf_counter() - t0:.1f} s -> {path}", file=sys.stderr, flush=True)
     return path
 
 
-def write_library(executable: Any, path: Path) -> None:
-    """export_library through a temporary name beside `path`: a reader never sees half a library."""
+def write_library(executable: Any, path: Path, workspace_dir: Path | None = None) -> None:
+    """export_library through a temporary name beside `path`: a reader never sees half a library.
+
+    `workspace_dir` (an empty folder) receives the object files export_library links; by default TVM
+    makes a folder in the system temp folder, which a killed process leaves behind forever."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".so") as tmp:
-        executable.export_library(str(tmp))
+        executable.export_library(str(tmp), workspace_dir=str(workspace_dir) if workspace_dir else None)
+
+
+def cached_library(cfg: ModelConfig, *, force: bool = False, compile_if_missing: bool = True, quiet: bool = False,
+                   directory: Path | None = None) -> Path:
+    """The path of `cfg`'s library in the cache, checked against its record; compiled on a miss, a
+    mismatch or `force` (NotCachedError instead when not `compile_if_missing`)."""
+    path = library_path(cfg, directory=directory)
+
+    def build() -> None:
+        with workspace(path.parent) as ws:
+            compile_library(cfg, path, quiet=quiet, workspace_dir=ws)
+
+    return cached(path, build, what="compiled library", force=force, build_if_missing=compile_if_missing,
+                  quiet=quiet, hint="run `whisperkv compile`")
+
+
+def load_module(path: Path) -> tvm.runtime.Module:
+    """dlopen a TVM library, after the checks that keep a damaged file from crashing dlopen: its record
+    (cached libraries), else the structural check and a trial load in a child process."""
+    problem = None if check_record(path) is None else (elf_problem(path) or loader_crash(path))
+    try:
+        if problem is None:
+            return tvm.runtime.load_module(str(path))
+    except Exception as e:  # a file that passes the check can still be refused: TVM raises its own types
+        problem = str(e).splitlines()[0][:200]
+    raise LibraryMismatchError(f"{path}: not a loadable TVM library ({problem})")
 
 
 def read_config(vm: relax.VirtualMachine) -> dict:
@@ -141,21 +182,20 @@ def check_library(vm: relax.VirtualMachine, cfg: ModelConfig, path: Path | str) 
 
 def load_library(cfg: ModelConfig, path: Path | str | None = None, compile_if_missing: bool = True,
                  quiet: bool = False) -> tuple[relax.VirtualMachine, Path]:
-    """The VM for `cfg`, from the cache (compiling it on a miss) or from an explicit path."""
-    path = Path(path) if path is not None else library_path(cfg)
-    if not path.exists():
-        if not compile_if_missing:
-            raise FileNotFoundError(f"{path}: no compiled library (run `whisperkv compile`)")
-        compile_library(cfg, path, quiet=quiet)
+    """The VM for `cfg`, from the cache (checked; compiled on a miss) or from an explicit path (checked
+    structurally; compiled there if missing and `compile_if_missing`)."""
+    if path is None:
+        path = cached_library(cfg, compile_if_missing=compile_if_missing, quiet=quiet)
+    else:
+        path = Path(path)
+        if not path.exists():
+            if not compile_if_missing:
+                raise LibraryNotFoundError(f"{path}: no compiled library there (run `whisperkv compile`)")
+            compile_library(cfg, path, quiet=quiet)
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     vm = _LOADED.get(key)
     if vm is None:
-        try:
-            lib = tvm.runtime.load_module(str(path))
-        except Exception as e:  # a damaged or foreign file: TVM raises its own error types
-            raise LibraryMismatchError(f"{path}: not a loadable TVM library ({str(e).splitlines()[0][:200]}); "
-                                       "delete it or run `whisperkv compile --force`") from e
-        vm = relax.VirtualMachine(lib, tvm.cpu())
+        vm = relax.VirtualMachine(load_module(path), tvm.cpu())
     check_library(vm, cfg, path)  # also for a cached VM: the same file may be asked for by another config
     _LOADED[key] = vm
     return vm, path

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 
+from ..checks.verify import DEFAULT_TOLERANCE, describe, positive_tolerance
 from ..errors import InputError
 
 EXIT_DIVERGE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 COMMAND_GROUP = "whisperkv.commands"
-DEFAULT_TOLERANCE = 1e-3
 
 
 class OutputError(InputError):
@@ -51,17 +50,6 @@ def _discard_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError):
         pass
-
-
-def positive_tolerance(text: str) -> float:
-    """argparse type of --tolerance: a finite number > 0 (nan and inf would switch every check off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,32 +150,6 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         emit("\n".join(describe(report, tokenizer)))
     return 0 if report.agree else EXIT_DIVERGE
-
-
-def describe(report, tokenizer) -> list[str]:
-    """The text form of a verification report."""
-    lines = [f"verify {report.audio}: candidate {report.candidate} vs reference numpy, {report.windows} window(s)"]
-    if report.agree:
-        lines.append(f"AGREE: {report.steps} steps compared, {report.ties} tie(s)")
-        return lines
-    s, d = report.first_divergence, report.diagnosis
-    lines.append(f"DIVERGE at window {s.window}, {s.stage} step {s.step}: {s.reason}")
-    if s.stage != "encode":
-        lines.append(f"  input      {' '.join(tokenizer.token_text(t) for t in s.input_tokens)}")
-        lines.append(f"  reference  chose {tokenizer.token_text(s.ref_token)!r}; top-5 "
-                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.ref_top))
-        lines.append(f"  candidate  chose {tokenizer.token_text(s.cand_token)!r}; top-5 "
-                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.cand_top))
-        lines.append(f"  logits     max |Δ| {s.max_abs:.3g} (reference scale {s.scale:.3g})")
-        for i, delta in enumerate(s.slot_max_abs):
-            if delta is None and s.ref_slot_shapes[i] == s.cand_slot_shapes[i]:
-                continue  # not compared at this stage
-            shown = (f"max |Δ| {delta:.3g}" if delta is not None
-                     else f"shape {s.cand_slot_shapes[i]} != reference {s.ref_slot_shapes[i]}")
-            lines.append(f"  slot {i:>2}    {shown}")
-    lines.append(f"DIAGNOSIS: {d.cause}: {d.explanation}")
-    lines.append(f"  evidence: {d.evidence}")
-    return lines
 
 
 def _conformance(args: argparse.Namespace) -> int:

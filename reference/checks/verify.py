@@ -4,12 +4,14 @@ Both backends get the same mel window and the same start sequence; after that th
 fed to both (teacher forcing), so each step compares like with like even after the candidate has gone
 wrong. At every stage we compare the encoder output, the logits and every KV slot. The first stage
 outside the tolerance (or whose greedy token differs, under the tie rule) is the divergence; then each
-mutant of reference/mutants.py is replayed on the same inputs, and the one the candidate reproduces names
+mutant of checks/mutants.py is replayed on the same inputs, and the one the candidate reproduces names
 the bug.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,13 +26,26 @@ from ..tokenizer import Tokenizer
 from ..weights import Checkpoint
 from .mutants import MUTANTS, make_mutant
 
+DEFAULT_TOLERANCE = 1e-3  # relative, on features, logits and slots: see Tolerance
+
+
+def positive_tolerance(text: str) -> float:
+    """The type of --tolerance options: a finite number > 0 (nan and inf would switch every check off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
+
 
 @dataclass(frozen=True)
 class Tolerance:
     # fp32 backends differ from the reference by reassociation only: ~1e-5 of the value scale on
     # tiny.en (CTranslate2: 1.5e-5). Every mutant moves some number by > 1e-2 of it. 1e-3 sits between.
-    relative: float = 1e-3
-    # the tie rule of ARCHITECTURE.md: top-two reference logits closer than this (relative to the
+    relative: float = DEFAULT_TOLERANCE
+    # the tie rule of docs/architecture.md: top-two reference logits closer than this (relative to the
     # largest |logit|) make either choice acceptable, and the comparison of that window ends there.
     tie: float = 1e-3
 
@@ -279,3 +294,29 @@ def verify(reference: NumpyModel, candidate: Backend, tokenizer: Tokenizer, chec
     return Report(audio=audio, candidate=getattr(candidate, "name", type(candidate).__name__), agree=first is None,
                   windows=len(windows), steps=steps, ties=ties, first_divergence=first, diagnosis=diagnosis,
                   stages=stages)
+
+
+def describe(report, tokenizer) -> list[str]:
+    """The text form of a verification report."""
+    lines = [f"verify {report.audio}: candidate {report.candidate} vs reference numpy, {report.windows} window(s)"]
+    if report.agree:
+        lines.append(f"AGREE: {report.steps} steps compared, {report.ties} tie(s)")
+        return lines
+    s, d = report.first_divergence, report.diagnosis
+    lines.append(f"DIVERGE at window {s.window}, {s.stage} step {s.step}: {s.reason}")
+    if s.stage != "encode":
+        lines.append(f"  input      {' '.join(tokenizer.token_text(t) for t in s.input_tokens)}")
+        lines.append(f"  reference  chose {tokenizer.token_text(s.ref_token)!r}; top-5 "
+                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.ref_top))
+        lines.append(f"  candidate  chose {tokenizer.token_text(s.cand_token)!r}; top-5 "
+                     + ", ".join(f"{tokenizer.token_text(i)!r} {v:.3f}" for i, v in s.cand_top))
+        lines.append(f"  logits     max |Δ| {s.max_abs:.3g} (reference scale {s.scale:.3g})")
+        for i, delta in enumerate(s.slot_max_abs):
+            if delta is None and s.ref_slot_shapes[i] == s.cand_slot_shapes[i]:
+                continue  # not compared at this stage
+            shown = (f"max |Δ| {delta:.3g}" if delta is not None
+                     else f"shape {s.cand_slot_shapes[i]} != reference {s.ref_slot_shapes[i]}")
+            lines.append(f"  slot {i:>2}    {shown}")
+    lines.append(f"DIAGNOSIS: {d.cause}: {d.explanation}")
+    lines.append(f"  evidence: {d.evidence}")
+    return lines

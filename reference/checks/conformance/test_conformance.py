@@ -100,7 +100,7 @@ def test_step_appends_one_position_to_every_self_slot(whisperkv_suite) -> None:
 
 def test_every_step_matches_the_reference(whisperkv_suite) -> None:
     suite = whisperkv_suite
-    from ...app.cli import describe
+    from ..verify import describe
 
     for path in dict(suite.windows):
         report = suite.report(path)
