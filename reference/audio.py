@@ -3,7 +3,7 @@
 The log-mel follows openai-whisper's `whisper/audio.py` step for step (torch.stft defaults: periodic
 Hann window, centred frames with reflect padding, the last frame dropped), and `mel_windows` follows
 `transcribe()`: one log-mel over the whole audio plus 30 s of zeros, cut into 3000-frame windows whose
-tails are padded with 0.0 in the log-mel domain. See ARCHITECTURE.md, "Windows and the log-mel".
+tails are padded with 0.0 in the log-mel domain. See docs/architecture.md, "Windows and the log-mel".
 
 Memory is bounded by the window, not the file: `open_audio` reads a file (or array) block by block
 twice, once to validate it and find the log-mel's global maximum (the max - 8 floor needs it), once to

@@ -9,16 +9,14 @@ Tests marked `slow` (pyproject.toml registers the marker) decode real tiny.en on
 export whole models, or run the CLI end to end many times; each area keeps a cheap test in the fast tier.
 
 Shared helpers (the clips, small checkpoints, the kernel comparison) live in tests/helpers.py: no test
-module imports another. The names below stay importable from here for modules that still do.
+module imports another.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .helpers import AUDIO_DIR, CLIPS, FIXTURES, WER_REPORT, clip_manifest
-
-__all__ = ["AUDIO_DIR", "CLIPS", "FIXTURES", "WER_REPORT", "clip_manifest"]
+from .helpers import WER_REPORT
 
 
 @pytest.fixture(scope="session")

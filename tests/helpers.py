@@ -103,7 +103,7 @@ def as_tokenizer(toy: ToyTokenizer) -> Tokenizer:
 def assert_agrees(report: Report, ties_allowed: bool = False) -> None:
     """verify()'s verdict: agreement; on real audio (ties_allowed=False) no tie, and past prefill."""
     assert report.agree and report.first_divergence is None, (report.first_divergence, report.diagnosis)
-    if not ties_allowed:  # ARCHITECTURE.md: ties are rare on real audio; the shared clips have none
+    if not ties_allowed:  # docs/architecture.md: ties are rare on real audio; the shared clips have none
         assert report.ties == 0, [s.reason for s in report.stages if s.verdict == "tie"]
         assert report.steps > 0  # every window of speech samples a token before EOT
 

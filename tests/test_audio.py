@@ -187,7 +187,7 @@ def test_mel_windows_equal_the_30_s_padded_log_mel_on_every_clip(clips: dict[str
 
 def test_mel_windows_use_the_global_floor() -> None:
     """A loud first half raises the floor of a quiet second window: windows are cut from one log-mel,
-    not computed per window (what ARCHITECTURE.md says changes tokens on real clips)."""
+    not computed per window (what docs/architecture.md says changes tokens on real clips)."""
     rng = np.random.default_rng(0)
     loud, quiet_half = rng.standard_normal(N_SAMPLES), 1e-6 * rng.standard_normal(N_SAMPLES // 2)
     audio = np.r_[loud, quiet_half].astype(np.float32)

@@ -37,6 +37,7 @@ def test_json_output_for_a_long_file_matches_the_api(tiny_en) -> None:
     assert tiny_en.tokenizer.eot not in lj["tokens"] and tiny_en.tokenizer.sot not in lj["tokens"]
     api = tiny_en.transcribe(JFK)
     assert lines[1]["tokens"] == api.tokens and lines[1]["text"] == api.text == api["text"]
+    # the same float32 computation on the same input, once in the CLI's process and once here: equal exactly
     assert lines[1]["no_speech_prob"] == pytest.approx(api.no_speech_prob, abs=0)
 
 
@@ -88,6 +89,7 @@ def test_bad_audio_is_a_one_line_error_with_exit_2_and_no_output(tmp_path: Path)
         assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("whisperkv: error:"), (name, lines)
 
 
+@pytest.mark.slow  # two CLI runs, one loading 1 MB of a broken model
 def test_bad_model_is_a_one_line_error(tmp_path: Path) -> None:
     from whisperkv.reference.weights import default_model_dir
 

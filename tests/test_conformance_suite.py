@@ -45,6 +45,7 @@ def test_the_suite_refuses_to_run_without_a_candidate() -> None:
     assert "needs --candidate" in p.stdout + p.stderr
 
 
+@pytest.mark.slow  # two pytest runs in subprocesses; the refusal above is the fast tier's
 def test_bad_audio_or_candidate_is_one_usage_error() -> None:
     for extra in (["--candidate", "numpy", "--conformance-audio", "/no/such.wav"],
                   ["--candidate", "python:os:getcwd"]):

@@ -108,7 +108,7 @@ def test_slot_remap_is_a_bijection_onto_the_self_slots(n_layer: int) -> None:
 
 
 def test_seed_layout_for_four_layers() -> None:
-    # ARCHITECTURE.md's worked example: the seed's 16 slots, self slots at [0, 1, 4, 5, 8, 9, 12, 13].
+    # docs/architecture.md's worked example: the seed's 16 slots, self slots at [0, 1, 4, 5, 8, 9, 12, 13].
     assert kvslots.self_slots(4) == [0, 1, 4, 5, 8, 9, 12, 13]
     assert [kvslots.slot_name(i) for i in range(4)] == ["0.self.key", "0.self.value", "0.cross.key", "0.cross.value"]
 

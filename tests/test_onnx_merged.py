@@ -72,7 +72,7 @@ def names_read(graph) -> set[str]:
 
 
 def test_merged_export_is_one_if_on_use_cache_branch_with_optimums_inputs_and_outputs() -> None:
-    # Written out from ARCHITECTURE.md's description of a real Optimum export, not from layout.py.
+    # Written out from docs/architecture.md's description of a real Optimum export, not from layout.py.
     models = build_models(small_checkpoint(SMALL), merged=True)
     model = models[layout.MERGED]
     onnx.checker.check_model(model, full_check=True)
@@ -286,6 +286,7 @@ def test_a_merged_file_without_the_flag_or_an_output_is_refused(small_merged: Pa
 # tiny.en on real speech
 
 
+@pytest.mark.slow  # exports tiny.en (~5 s) and verifies a clip; the small merged folders above are the fast tier's
 def test_tiny_en_merged_folder_agrees_with_the_reference(tiny_en, tmp_path_factory) -> None:
     backend = OnnxRuntimeBackend(tiny_en.checkpoint, onnx_dir=merged_folder(tiny_en.checkpoint,
                                                                              tmp_path_factory.mktemp("tiny-merged")))

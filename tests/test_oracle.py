@@ -15,7 +15,7 @@ import pytest
 
 from whisperkv.reference.audio import load_audio, mel_windows
 
-from .helpers import AUDIO_DIR, CLIPS, WER_REPORT, clip_manifest
+from .helpers import AUDIO_DIR, CLIP_PARAMS, WER_REPORT, clip_manifest
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -41,7 +41,7 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return float(d[len(hyp)]) / max(1, len(ref))
 
 
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("clip", CLIP_PARAMS)
 def test_reference_tokens_equal_ctranslate2(tiny_en, oracle, clip: str) -> None:
     audio = load_audio(AUDIO_DIR / clip)
     for seek, mel in mel_windows(audio, tiny_en.dims.n_mels):
@@ -58,6 +58,7 @@ def test_reference_tokens_equal_ctranslate2(tiny_en, oracle, clip: str) -> None:
         assert ours.no_speech_prob == pytest.approx(theirs.no_speech_prob, abs=1e-4)
 
 
+@pytest.mark.slow  # a transcription of every clip; test_wer_normaliser_counts_errors is the fast tier's
 @pytest.mark.parametrize("row", clip_manifest(), ids=lambda r: r["file"])
 def test_word_error_rate_on_real_speech(tiny_en, row: dict[str, str]) -> None:
     result = tiny_en.transcribe(AUDIO_DIR / row["file"])

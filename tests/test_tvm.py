@@ -230,6 +230,7 @@ def test_cache_key_separates_dims_and_dtype(libraries) -> None:
         replace(CONFIGS["even"], decoder_weight_dtype="float16"))
 
 
+@pytest.mark.slow  # two compiles; test_library_for_other_dims_is_refused covers the cache in the fast tier
 def test_cache_write_is_atomic(libraries, tmp_path, monkeypatch) -> None:
     cfg = CONFIGS["odd"]
     target = tmp_path / "lib.so"
@@ -253,6 +254,7 @@ def test_cache_write_is_atomic(libraries, tmp_path, monkeypatch) -> None:
     assert tvm_compile.read_config(vm)["dims"] == cfg.dims.as_dict()
 
 
+@pytest.mark.slow  # a compile; test_library_for_other_dims_is_refused covers the cache in the fast tier
 def test_compile_prints_progress(libraries, tmp_path, capsys) -> None:
     tvm_compile.compile_library(CONFIGS["odd"], tmp_path / "lib.so")
     err = capsys.readouterr().err

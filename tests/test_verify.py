@@ -47,7 +47,12 @@ def test_every_mutant_has_an_expected_stage() -> None:
     assert set(EXPECTED_STAGE) == set(MUTANTS)
 
 
-@pytest.mark.parametrize("name", sorted(MUTANTS))
+# one mutant caught at prefill and one at a step in the fast tier; every mutant in the full suite
+FAST_MUTANTS = {"zero_cross", "swapped_slots"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST_MUTANTS else pytest.mark.slow)
+                                  for n in sorted(MUTANTS)])
 def test_each_mutant_is_caught_with_its_diagnosis(tiny_en, reference, name: str) -> None:
     mutant = make_mutant(name, tiny_en.checkpoint, tiny_en.tokenizer)
     report = verify(reference, mutant, tiny_en.tokenizer, tiny_en.checkpoint, windows(CLIP))
@@ -67,15 +72,16 @@ def test_the_reference_agrees_with_itself_on_every_clip(tiny_en, reference, clip
     assert report.steps > 0
 
 
-# One clip each through the registry's backends; tests/test_tvm.py and tests/test_onnx.py run the same
-# verify() with the same backends on every clip (the slow tier).
+# One clip each through the registry's backends (the slow tier; tests/test_tvm.py and tests/test_onnx.py
+# run the same verify() with the same backends on the short clip in the fast tier and on every clip here).
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", [SHORT_CLIP])
 def test_tvm_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
     tvm_backend = pytest.importorskip("whisperkv.backends.tvm")
     candidate = tvm_backend.TVMBackend(tiny_en.checkpoint, quiet=True)
     report = verify(reference, candidate, tiny_en.tokenizer, tiny_en.checkpoint, windows(AUDIO_DIR / clip))
     assert report.agree, (report.first_divergence, report.diagnosis)
-    assert report.ties == 0  # ARCHITECTURE.md: ties must be rare on real audio; none on the shared clips
+    assert report.ties == 0  # docs/architecture.md: ties must be rare on real audio; none on the shared clips
 
 
 def test_tolerance_is_what_separates_agreement_from_divergence(tiny_en, reference) -> None:
@@ -134,6 +140,7 @@ def whisperkv(*args) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # seven CLI runs of verify
 def test_verify_cli_exit_codes_and_json() -> None:
     good = whisperkv("verify", CLIP, "--candidate", "numpy", "--format", "json")
     assert good.returncode == 0, good.stderr
@@ -161,6 +168,7 @@ def test_a_damaged_onnx_folder_is_a_one_line_error(tmp_path) -> None:
     assert len(lines) == 1 and str(tmp_path / "encoder_model.onnx") in lines[0], lines
 
 
+@pytest.mark.slow  # two CLI runs of verify
 def test_python_factory_candidates(tmp_path) -> None:
     (tmp_path / "my_backend.py").write_text(
         "from whisperkv.reference.model import NumpyModel\n"
@@ -195,6 +203,7 @@ def test_trace_shows_growth_of_self_slots_only() -> None:
     assert lines[-1].startswith("# text: Go forward")
 
 
+@pytest.mark.slow  # a CLI trace with matplotlib, and a decode
 def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
@@ -220,7 +229,8 @@ def test_trace_plot_is_a_png_of_the_growth_and_the_attention(tiny_en, tmp_path) 
     assert list(cross_len) == [tiny_en.dims.n_audio_ctx] * len(steps)
 
 
-@pytest.mark.parametrize("clip", [SHORT_CLIP])  # every clip: tests/test_onnx.py (see the TVM test above)
+@pytest.mark.slow  # see the TVM test above
+@pytest.mark.parametrize("clip", [SHORT_CLIP])
 def test_onnxruntime_backend_raises_no_false_alarm(tiny_en, reference, clip: str) -> None:
     pytest.importorskip("onnxruntime")
     from whisperkv.reference.registry import create_backend

@@ -71,7 +71,7 @@ def assert_checkpoint_error(fn, file: Path, *fragments: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Helpers: writing CTranslate2 model.bin files
 #
-# Format (ARCHITECTURE.md "Checkpoints"): u32 version; u16-length-prefixed NUL-terminated spec name;
+# Format (docs/architecture.md "Checkpoints"): u32 version; u16-length-prefixed NUL-terminated spec name;
 # u32 revision; u32 variable count; per variable: name, u8 rank, rank x u32 dims, u8 dtype id, u32 byte
 # count, raw bytes; u32 alias count; (alias, target) name pairs. test_serializer_reproduces_ct2_files
 # checks this writer byte for byte against files written by CTranslate2 itself.
@@ -387,7 +387,7 @@ def test_tiny_weights_are_float32_with_the_expected_names_and_shapes(tiny):
 
 
 def test_tiny_file_structure(tiny_raw):
-    """The facts ARCHITECTURE.md states about the file, read from its bytes."""
+    """The facts docs/architecture.md states about the file, read from its bytes."""
     raw, aliases = tiny_raw
     assert aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
     assert "decoder/projection/weight" not in raw
@@ -464,6 +464,7 @@ def test_serializer_reproduces_ct2_files(tiny_raw, small_dir, small_raw):
     assert ct2_bytes(*tiny_raw) == (default_model_dir() / "model.bin").read_bytes()
 
 
+@pytest.mark.slow  # tiny.en through CTranslate2 and numpy; test_small_model_matches_ctranslate2 is the fast tier's
 def test_tiny_matches_ctranslate2_encoder_and_decoder(tiny):
     """End to end: CTranslate2 on the bundled folder vs the numpy Whisper on the loaded weights."""
     from tokenizers import Tokenizer

@@ -110,7 +110,7 @@ def test_every_step_matches_the_reference(whisperkv_suite) -> None:
 
 def test_no_ties_on_real_speech(whisperkv_suite) -> None:
     suite = whisperkv_suite
-    # ARCHITECTURE.md's agreement rule: a tie is accepted but reported; on real speech it must be rare.
+    # docs/architecture.md's agreement rule: a tie is accepted but reported; on real speech it must be rare.
     for path in dict(suite.windows):
         report = suite.report(path)
         assert report.ties == 0, f"{path}: {report.ties} window(s) ended in a tie of the reference's top two logits"
