@@ -427,6 +427,9 @@ def _hann_window(n: int) -> np.ndarray:
 
 
 _FRAME_BLOCK = 2048  # frames per FFT block (20.5 s): bounds the temporary [block, n_fft] arrays, streamed or not
+# Pass 1 keeps the log10 mel of inputs up to this many blocks (164 s; 5.2 MB at 80 mels) for pass 2: a
+# typical file is analysed once, and only longer ones twice, in memory bounded by this, not the file.
+_KEPT_BLOCKS = 8
 
 
 def _log10_mel(padded: np.ndarray, n_mels: int) -> np.ndarray:
@@ -592,8 +595,9 @@ def _cut_windows(
 class Audio:
     """Validated audio (a file, or an array of 16 kHz samples), read as log-mel windows.
 
-    Holds neither the samples nor the log-mel: `open_audio` read the source once to validate it and to
-    find the log-mel's maximum, and each `mel_windows()` reads it again block by block.
+    Holds neither the samples nor the log-mel of a long input: `open_audio` read the source once to
+    validate it and to find the log-mel's maximum, and each `mel_windows()` reads it again block by block
+    (an input of at most _KEPT_BLOCKS blocks keeps pass 1's blocks instead, a few MB).
     """
 
     def __init__(self, name: str, source: str | np.ndarray, chunks: Callable[[], Iterator[np.ndarray]], sr: int,
@@ -603,6 +607,7 @@ class Audio:
         self.n_samples = 0  # at 16 kHz, set by _scan
         self._top = np.float32(-10.0)  # the log10 mel's maximum, set by _scan
         self._last_count = 0  # 16 kHz samples the last complete read found
+        self._kept: list[np.ndarray] | None = None  # pass 1's log10 mel blocks, for inputs of <= _KEPT_BLOCKS
 
     @property
     def duration(self) -> float:
@@ -621,11 +626,15 @@ class Audio:
         self._last_count = mel.samples.end
 
     def _scan(self, chunks: Iterable[np.ndarray]) -> None:
-        # Pass 1: the sample count and the global maximum the max - 8 floor needs.
+        # Pass 1: the sample count and the global maximum the max - 8 floor needs. The blocks of a short
+        # input are kept, so that its windows are not analysed a second time.
         top = np.float32(-np.inf)
+        kept: list[np.ndarray] | None = []
         for block in self._log10_mel_blocks(chunks):
             top = max(top, block.max())
-        self.n_samples, self._top = self._last_count, top
+            if kept is not None:
+                kept = kept + [block] if len(kept) < _KEPT_BLOCKS else None
+        self.n_samples, self._top, self._kept = self._last_count, top, kept
 
     def mel_windows(self, n_frames: int = N_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
         """mel_windows() of the whole audio, one window at a time, bit for bit.
@@ -637,6 +646,9 @@ class Audio:
         return self._windows(n_frames)
 
     def _windows(self, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+        if self._kept is not None:  # the very blocks pass 2 would compute again
+            yield from _cut_windows(self._kept, self._top, self.n_samples // HOP_LENGTH, n_frames)
+            return
         yield from _cut_windows(self._log10_mel_blocks(self._chunks()), self._top, self.n_samples // HOP_LENGTH,
                                 n_frames)
         if self._last_count != self.n_samples:  # the windows were cut by the first read's count

@@ -506,8 +506,11 @@ def assert_same_windows(streamed, whole: list[tuple[int, np.ndarray]]) -> None:
         assert np.array_equal(ours, theirs), f"window at frame {seek} differs"
 
 
+@pytest.mark.parametrize("kept_blocks", [0, 8], ids=["second-read", "first-read-kept"])
 @pytest.mark.parametrize("clip", [c.name for c in CLIPS])
-def test_streamed_windows_equal_the_whole_file_on_every_clip(clips: dict[str, np.ndarray], clip: str) -> None:
+def test_streamed_windows_equal_the_whole_file_on_every_clip(clips: dict[str, np.ndarray], clip: str,
+                                                             kept_blocks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(A, "_KEPT_BLOCKS", kept_blocks)  # 0: pass 2 reads and analyses the file again
     source = A.open_audio(AUDIO_DIR / clip)
     assert source.name == str(AUDIO_DIR / clip) and source.duration == len(clips[clip]) / SAMPLE_RATE
     assert not hasattr(source, "samples")  # holds neither samples nor log-mel
@@ -539,14 +542,17 @@ def test_streamed_windows_are_a_generator() -> None:
     channels=st.integers(1, 3),
     n_frames=st.sampled_from([N_FRAMES, 317, 1000]),
     read_block=st.sampled_from([97, 1000, 4096]),
+    kept_blocks=st.sampled_from([0, 8]),
 )
 @PROPERTY
 def test_streaming_matches_the_whole_file_across_block_boundaries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: float, sr: int, channels: int, n_frames: int,
-    read_block: int,
+    read_block: int, kept_blocks: int,
 ) -> None:
     """Small blocks (the same for both paths) put many resampling, FFT and read boundaries inside windows,
-    including reads that split a resampling block or an FFT block anywhere."""
+    including reads that split a resampling block or an FFT block anywhere; with kept_blocks 0 the windows
+    are computed by the second read of the input, else (up to 8 blocks) from the first read's blocks."""
+    monkeypatch.setattr(A, "_KEPT_BLOCKS", kept_blocks)
     monkeypatch.setattr(A, "_READ_BLOCK", read_block)
     monkeypatch.setattr(A, "_RESAMPLE_BLOCK", 2000)
     monkeypatch.setattr(A, "_FRAME_BLOCK", 130)

@@ -10,7 +10,7 @@
   lock, so two processes compile once; the library is exported to a temporary file and `os.replace`d
   into place, the compiler's intermediate files go to the cache's `.tmp/`, and whatever a killed
   compile left is removed by the next one. A library handed over by path has no record: it is checked
-  structurally (elf_problem) before it is dlopened.
+  structurally (elf_problem) and loaded once in a child process (loader_crash) before it is dlopened.
 - Each library carries its own ModelConfig (a `whisperkv_config` function returning JSON); a library
   whose recorded dims differ from the model's is refused before anything runs.
 """
