@@ -8,7 +8,10 @@ its one tolerance and one tie rule.
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +37,13 @@ def clip_manifest() -> list[dict[str, str]]:
 
 
 CLIPS = [row["file"] for row in clip_manifest()]
+
+WHISPERKV = [sys.executable, "-m", "whisperkv"]  # the command, run from this environment
+
+
+def whisperkv(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess:
+    """`whisperkv ARGS` in a child process, output captured as text (600 s: far above any command here)."""
+    return subprocess.run([*WHISPERKV, *map(str, args)], capture_output=True, text=True, timeout=600, **kwargs)
 SHORT_CLIP = "pocketsphinx_goforward.wav"  # 2.8 s: one window, 5 sampled tokens; the fast tier's real speech
 
 # every clip, as parameters: the short one in the fast tier, the others marked slow (the full suite's)

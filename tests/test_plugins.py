@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from whisperkv.reference.registry import BACKEND_GROUP, FOLDER_GROUP
 
-from .helpers import AUDIO_DIR
+from .helpers import AUDIO_DIR, whisperkv
 
 PLUGIN = '''
 from pathlib import Path
@@ -51,21 +49,16 @@ def install_plugin(site: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(site))
 
 
-def whisperkv(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "whisperkv", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
-
-
 def test_a_third_party_backend_is_found_by_name_and_by_folder(tmp_path: Path) -> None:
     env = install_plugin(tmp_path)
     clip = AUDIO_DIR / "pocketsphinx_goforward.wav"
-    p = whisperkv(env, "transcribe", clip, "--backend", "echo", "--format", "json", "--quiet")
+    p = whisperkv("transcribe", clip, "--backend", "echo", "--format", "json", "--quiet", env=env)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["backend"] == "echo"
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "echo.txt").write_text("")
-    p = whisperkv(env, "verify", clip, "--candidate", folder)
+    p = whisperkv("verify", clip, "--candidate", folder, env=env)
     assert p.returncode == 0 and "candidate echo" in p.stdout and "AGREE" in p.stdout, p.stdout + p.stderr
 
 
@@ -73,7 +66,7 @@ def test_a_folder_nobody_recognises_names_what_each_opener_looked_for(tmp_path: 
     env = install_plugin(tmp_path / "site")
     empty = tmp_path / "empty"
     empty.mkdir()
-    p = whisperkv(env, "verify", AUDIO_DIR / "pocketsphinx_goforward.wav", "--candidate", empty)
+    p = whisperkv("verify", AUDIO_DIR / "pocketsphinx_goforward.wav", "--candidate", empty, env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     line = p.stderr.strip()
     assert "\n" not in line and str(empty) in line

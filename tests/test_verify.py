@@ -16,7 +16,7 @@ from whisperkv.reference.checks.mutants import MUTANTS, make_mutant
 from whisperkv.reference.checks.verify import Tolerance, distance, verify
 from whisperkv.reference.model import NumpyModel
 
-from .helpers import AUDIO_DIR, CLIP_PARAMS, SHORT_CLIP
+from .helpers import AUDIO_DIR, CLIP_PARAMS, SHORT_CLIP, whisperkv
 
 CLIP = AUDIO_DIR / SHORT_CLIP  # short: 5 sampled tokens, so a full verify is ~1 s
 
@@ -134,10 +134,6 @@ def test_distance_handles_infinities_and_shapes() -> None:
     assert distance(a, np.array([1.0, -np.inf, 3.5], np.float32)) == pytest.approx(0.5)  # exact in float32
     assert distance(a, a[:2]) == np.inf
 
-
-def whisperkv(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "whisperkv", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.mark.slow  # seven CLI runs of verify
