@@ -84,3 +84,14 @@ def test_no_comment_cites_a_file_outside_the_repository() -> None:
     for p, t in texts.items():
         for cited in re.findall(r"\bdocs/([\w-]+\.md)", t):
             assert (ROOT / "docs" / cited).is_file(), f"{p.relative_to(ROOT)} cites docs/{cited}, which is missing"
+
+
+def test_the_command_line_does_not_import_tvm_until_a_tvm_backend_is_used() -> None:
+    # `import tvm` costs ~1 s (the compiler): every CLI user would pay it for --help, --version, numpy
+    # transcriptions and the backends' command registration if a package __init__ imported it.
+    code = ("import sys\nfrom whisperkv.reference.app.cli import build_parser\n"
+            "build_parser().parse_args(['transcribe', 'a.wav'])\nimport whisperkv.backends.tvm\n"
+            "print(sorted(m for m in sys.modules if m == 'tvm' or m.startswith(('tvm.', 'onnx'))))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

@@ -1,14 +1,28 @@
 """The TVM backend: Whisper as Relax functions with hand-scheduled CPU kernels, compiled once per model
-shape and cached (see compile.py). Importing this package sets TVM_NUM_THREADS before tvm loads."""
+shape and cached (see compile.py).
+
+Importing this package sets TVM_NUM_THREADS (threads.py) and nothing more: tvm itself (~1 s to import) is
+imported only when one of the names below is first used, so that `whisperkv --help` or the `compile`
+command's registration never pay for it.
+"""
 
 from __future__ import annotations
 
-from . import threads  # noqa: F401  (must come before anything that imports tvm)
-from .backend import TVMBackend, ensure_compiled
-from .compile import LibraryMismatchError, compile_library, library_path, load_library
-from .model import ModelConfig
+import importlib
+from typing import Any
 
-__all__ = [
-    "TVMBackend", "ensure_compiled", "ModelConfig", "LibraryMismatchError", "compile_library", "library_path",
-    "load_library",
-]
+from . import threads  # noqa: F401  (must come before anything that imports tvm)
+
+_WHERE = {
+    "TVMBackend": "backend", "ensure_compiled": "backend", "ModelConfig": "model",
+    "LibraryMismatchError": "compile", "LibraryNotFoundError": "compile", "cached_library": "compile",
+    "compile_library": "compile", "library_path": "compile", "load_library": "compile",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
