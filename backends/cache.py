@@ -15,8 +15,9 @@ Everything a backend keeps in the cache goes through `cached()`:
   files and folders, and `.tmp/`, where compilers are pointed for their intermediate files
   (`workspace()`).
 
-Files a user hands over by path have no record: `elf_problem` checks them structurally before they are
-dlopened, so a truncated, empty or foreign file is a one-line error instead of a crash.
+Files a user hands over by path have no record: `elf_problem` checks them structurally and `loader_crash`
+loads them once in a throw-away child before they are dlopened, so a truncated, empty, foreign or
+loader-crashing file is a one-line error instead of a crash.
 """
 
 from __future__ import annotations

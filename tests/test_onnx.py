@@ -22,9 +22,11 @@ from whisperkv.reference.weights import Checkpoint
 from .helpers import (
     CLIP_PARAMS,
     CLIPS,
+    FP32_LOGIT_ATOL,
     SMALL,
     SMALL_ATOL,
     assert_agrees,
+    assert_logits_within,
     compare_with_reference,
     no_speech_prob,
     small_checkpoint,
@@ -168,6 +170,7 @@ def test_ort_fp32_agrees_with_reference(tiny_en, ort_fp32, clip: str) -> None:
     mels = windows(clip, tiny_en.dims.n_mels)
     report = verify(tiny_en.backend, ort_fp32, tiny_en.tokenizer, tiny_en.checkpoint, mels, audio=clip)
     assert_agrees(report)  # the reference's tokens at every step, zero ties: the shared clips have none
+    assert_logits_within(report, FP32_LOGIT_ATOL)
     for i, mel in enumerate(mels):
         # Both compute one float32 softmax at the SOT position, which verify() does not read (it compares
         # the last start position's logits); 1e-4 catches a wrong position (O(0.01..1)).

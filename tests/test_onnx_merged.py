@@ -25,11 +25,13 @@ from whisperkv.reference.tokenizer import Tokenizer
 from whisperkv.reference.weights import Checkpoint, default_model_dir
 
 from .helpers import (
+    FP32_LOGIT_ATOL,
     SHORT_CLIP,
     SMALL,
     SMALL_ATOL,
     TINY_VOCAB_DIMS,
     assert_agrees,
+    assert_logits_within,
     compare_with_reference,
     no_speech_prob,
     random_windows,
@@ -292,7 +294,9 @@ def test_tiny_en_merged_folder_agrees_with_the_reference(tiny_en, tmp_path_facto
                                                                              tmp_path_factory.mktemp("tiny-merged")))
     assert backend.merged
     mels = windows(SHORT_CLIP, tiny_en.dims.n_mels)  # 2.8 s: one window
-    assert_agrees(verify(tiny_en.backend, backend, tiny_en.tokenizer, tiny_en.checkpoint, mels, audio=SHORT_CLIP))
+    report = verify(tiny_en.backend, backend, tiny_en.tokenizer, tiny_en.checkpoint, mels, audio=SHORT_CLIP)
+    assert_agrees(report)
+    assert_logits_within(report, FP32_LOGIT_ATOL)
     # the SOT position's float32 softmax, which verify() does not read; 1e-4 catches a wrong position (O(0.01..1))
     for mel in mels:
         got, want = (no_speech_prob(b, tiny_en.tokenizer, mel) for b in (backend, tiny_en.backend))
