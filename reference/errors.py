@@ -18,3 +18,7 @@ class InputError(WhisperkvError, ValueError):
 
     A ValueError too, so that callers who caught ValueError before keep working.
     """
+
+
+class BatchTooLarge(InputError):
+    """More rows asked of a backend than it takes in one call (e.g. a library compiled for batch 1)."""

@@ -1,8 +1,9 @@
 """The KV slot layout: the one place that knows which of the 4 * n_text_layer slots is which.
 
 For decoder layer i, slot 4i is self-attention key, 4i+1 self value, 4i+2 cross key, 4i+3 cross value;
-each slot is (1, n_text_head, length, head_dim). Self slots start at length 0 and grow by one per
-decoded token; cross slots are n_audio_ctx long and are written once, by prefill, from the audio.
+each slot is (batch, n_text_head, length, head_dim): one row per sequence decoded side by side (the
+seed's layout had batch 1). Self slots start at length 0 and grow by one per decoded token; cross slots
+are n_audio_ctx long and are written once, by prefill, from the audio.
 
 A backend's `step` returns only the present self slots, layer-major: (layer 0 key, layer 0 value,
 layer 1 key, ...). `remap_present` puts them back where they belong.
@@ -60,11 +61,29 @@ def slot_name(index: int) -> str:
     return f"{layer}.{'self' if kind.is_self else 'cross'}.{part}"
 
 
-def slot_shape(dims: ModelDims, index: int, self_length: int) -> tuple[int, int, int, int]:
-    """The shape slot `index` has when the self slots hold `self_length` positions."""
+def slot_shape(dims: ModelDims, index: int, self_length: int, batch: int = 1) -> tuple[int, int, int, int]:
+    """The shape slot `index` has when the self slots hold `self_length` positions, for `batch` rows."""
     _, kind = slot_of(index)
     length = self_length if kind.is_self else dims.n_audio_ctx
-    return (1, dims.n_text_head, length, dims.text_head_dim)
+    return (batch, dims.n_text_head, length, dims.text_head_dim)
+
+
+def self_length(kv: Sequence[Any]) -> int:
+    """Positions the self slots hold (every row holds the same number)."""
+    return int(kv[slot_index(0, SlotKind.SELF_KEY)].shape[2])
+
+
+def batch_size(kv: Sequence[Any]) -> int:
+    return int(kv[0].shape[0])
+
+
+def check_rows(rows: Sequence[int], batch: int) -> list[int]:
+    """The row indices of a `select`, checked against the batch they index (any order, repeats allowed)."""
+    out = [int(r) for r in rows]
+    bad = [r for r in out if not 0 <= r < batch]
+    if bad:
+        raise ValueError(f"select: row {bad[0]} out of range for a batch of {batch}")
+    return out
 
 
 def remap_present(kv: Sequence[Slot], present: Sequence[Slot]) -> list[Slot]:

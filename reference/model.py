@@ -53,8 +53,9 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:  # [n
     return (x - mean) / np.sqrt(var + np.float32(LN_EPS)) * g + b
 
 
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # [n, in] -> [n, out]
-    y = x @ w.T
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # [..., in] -> [..., out]
+    # One 2-D matmul over all rows: a stacked [b, n, in] @ [in, out] would read the weights once per row.
+    y = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
     return y if b is None else y + b
 
 
@@ -75,29 +76,29 @@ def softmax(x: np.ndarray) -> np.ndarray:  # [..., n] -> [..., n], overwriting x
     return x
 
 
-def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:  # [n, d] -> [1, n_head, n, d / n_head]
-    n, d = x.shape
-    return x.reshape(n, n_head, d // n_head).transpose(1, 0, 2)[None]
+def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:  # [b, n, d] -> [b, n_head, n, d / n_head]
+    b, n, d = x.shape
+    return x.reshape(b, n, n_head, d // n_head).transpose(0, 2, 1, 3)
 
 
-def merge_heads(x: np.ndarray) -> np.ndarray:  # [1, n_head, n, head_dim] -> [n, n_head * head_dim]
-    _, h, n, hd = x.shape
-    return x[0].transpose(1, 0, 2).reshape(n, h * hd)
+def merge_heads(x: np.ndarray) -> np.ndarray:  # [b, n_head, n, head_dim] -> [b, n, n_head * head_dim]
+    b, h, n, hd = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, n, h * hd)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None = None,
               record: list | None = None) -> np.ndarray:
-    # q [1, h, n_q, hd], k/v [1, h, n_kv, hd] -> [1, h, n_q, hd].
+    # q [b, h, n_q, hd], k/v [b, h, n_kv, hd] -> [b, h, n_q, hd]: each row attends to its own keys.
     # With q_offset (causal self-attention), query i sits at absolute position q_offset + i and may
     # only look at keys 0 .. q_offset + i. `record` collects the attention weights (for plots).
     # q k^T / sqrt(d). openai-whisper scales q and k by d^-1/4 each; scaling q alone is the same math
     # and does not rescale the whole cached K at every step.
-    scores = (q * np.float32(q.shape[-1] ** -0.5)) @ k.transpose(0, 1, 3, 2)  # [1, h, n_q, n_kv]
+    scores = (q * np.float32(q.shape[-1] ** -0.5)) @ k.transpose(0, 1, 3, 2)  # [b, h, n_q, n_kv]
     if q_offset is not None and scores.shape[-2] > 1:  # one query at the end sees every key: nothing to mask
         n_q, n_kv = scores.shape[-2:]
         future = np.arange(n_kv)[None, :] > (q_offset + np.arange(n_q))[:, None]  # [n_q, n_kv]
         scores = np.where(future, np.float32(-np.inf), scores)
-    probs = softmax(scores)  # [1, h, n_q, n_kv]
+    probs = softmax(scores)  # [b, h, n_q, n_kv]
     if record is not None:
         record.append(probs)
     return probs @ v
@@ -107,7 +108,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None 
 # Encoder
 
 
-def encoder_block(x: np.ndarray, w: Weights, p: str, n_head: int) -> np.ndarray:  # [n, d] -> [n, d]
+def encoder_block(x: np.ndarray, w: Weights, p: str, n_head: int) -> np.ndarray:  # [1, n, d] -> [1, n, d]
     h = layer_norm(x, w[f"{p}.attn_ln.weight"], w[f"{p}.attn_ln.bias"])
     q = split_heads(linear(h, w[f"{p}.attn.query.weight"], w[f"{p}.attn.query.bias"]), n_head)
     k = split_heads(linear(h, w[f"{p}.attn.key.weight"]), n_head)
@@ -116,9 +117,9 @@ def encoder_block(x: np.ndarray, w: Weights, p: str, n_head: int) -> np.ndarray:
     return x + mlp(x, w, p)
 
 
-def mlp(x: np.ndarray, w: Weights, p: str) -> np.ndarray:  # [n, d] -> [n, d]
+def mlp(x: np.ndarray, w: Weights, p: str) -> np.ndarray:  # [..., d] -> [..., d]
     h = layer_norm(x, w[f"{p}.mlp_ln.weight"], w[f"{p}.mlp_ln.bias"])
-    h = gelu(linear(h, w[f"{p}.mlp.0.weight"], w[f"{p}.mlp.0.bias"]))  # [n, 4d]
+    h = gelu(linear(h, w[f"{p}.mlp.0.weight"], w[f"{p}.mlp.0.bias"]))  # [..., 4d]
     return linear(h, w[f"{p}.mlp.2.weight"], w[f"{p}.mlp.2.bias"])
 
 
@@ -126,10 +127,10 @@ def encode(mel: np.ndarray, w: Weights, dims: ModelDims) -> np.ndarray:
     # [n_mels, 2 * n_audio_ctx] -> [n_audio_ctx, n_audio_state]
     x = gelu(conv1d(mel, w["encoder.conv1.weight"], w["encoder.conv1.bias"], stride=1))  # [2 ctx, d]
     x = gelu(conv1d(x.T, w["encoder.conv2.weight"], w["encoder.conv2.bias"], stride=2))  # [ctx, d]
-    x = x + w["encoder.positional_embedding"]
+    x = (x + w["encoder.positional_embedding"])[None]  # [1, ctx, d]: the attention takes a batch axis
     for i in range(dims.n_audio_layer):
         x = encoder_block(x, w, f"encoder.blocks.{i}", dims.n_audio_head)
-    return layer_norm(x, w["encoder.ln_post.weight"], w["encoder.ln_post.bias"])
+    return layer_norm(x[0], w["encoder.ln_post.weight"], w["encoder.ln_post.bias"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def encode(mel: np.ndarray, w: Weights, dims: ModelDims) -> np.ndarray:
 
 
 def cross_kv(audio: np.ndarray, w: Weights, layer: int, n_head: int) -> tuple[np.ndarray, np.ndarray]:
-    # [n_audio_ctx, d] -> key, value [1, n_head, n_audio_ctx, head_dim]: computed once per window.
+    # [b, n_audio_ctx, d] -> key, value [b, n_head, n_audio_ctx, head_dim]: computed once per window.
     p = f"decoder.blocks.{layer}.cross_attn"
     k = split_heads(linear(audio, w[f"{p}.key.weight"]), n_head)
     v = split_heads(linear(audio, w[f"{p}.value.weight"], w[f"{p}.value.bias"]), n_head)
@@ -148,8 +149,8 @@ def decoder_block(
     x: np.ndarray, w: Weights, layer: int, n_head: int, past_k: np.ndarray, past_v: np.ndarray,
     cross_k: np.ndarray, cross_v: np.ndarray, record: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # x [n, d], past self K/V [1, h, past, hd], cross K/V [1, h, n_audio_ctx, hd]
-    #   -> x [n, d], present self K/V [1, h, past + n, hd]
+    # x [b, n, d], past self K/V [b, h, past, hd], cross K/V [b, h, n_audio_ctx, hd]
+    #   -> x [b, n, d], present self K/V [b, h, past + n, hd]
     p = f"decoder.blocks.{layer}"
     h = layer_norm(x, w[f"{p}.attn_ln.weight"], w[f"{p}.attn_ln.bias"])
     q = split_heads(linear(h, w[f"{p}.attn.query.weight"], w[f"{p}.attn.query.bias"]), n_head)
@@ -170,14 +171,17 @@ def decode(
     tokens: Sequence[int], kv: list[np.ndarray], w: Weights, dims: ModelDims, all_positions: bool = False,
     final_ln: bool = True, cross_record: list | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    # tokens [n], kv: 4 * n_text_layer slots with self length `past`
-    #   -> logits [n_vocab] (last position) or [n, n_vocab], present self slots (2 per layer, layer-major)
-    # cross_record, when given, receives each layer's cross-attention weights [1, h, n, n_audio_ctx].
-    past = kv[kvslots.slot_index(0, kvslots.SlotKind.SELF_KEY)].shape[2]
+    # tokens [b, n], kv: 4 * n_text_layer slots of b rows with self length `past`
+    #   -> logits [b, n_vocab] (last position) or [b, n, n_vocab], present self slots (2 per layer, layer-major)
+    # cross_record, when given, receives each layer's cross-attention weights [b, h, n, n_audio_ctx].
+    past = kvslots.self_length(kv)
     tokens = np.asarray(tokens, dtype=np.int64)
-    if past + len(tokens) > dims.n_text_ctx:
-        raise ValueError(f"decoder context overflow: {past} + {len(tokens)} positions > n_text_ctx {dims.n_text_ctx}")
-    x = w["decoder.token_embedding.weight"][tokens] + w["decoder.positional_embedding"][past : past + len(tokens)]
+    n = tokens.shape[1]
+    if past + n > dims.n_text_ctx:
+        raise ValueError(f"decoder context overflow: {past} + {n} positions > n_text_ctx {dims.n_text_ctx}")
+    if tokens.shape[0] != kvslots.batch_size(kv):
+        raise ValueError(f"{tokens.shape[0]} rows of tokens for slots of {kvslots.batch_size(kv)} rows")
+    x = w["decoder.token_embedding.weight"][tokens] + w["decoder.positional_embedding"][past : past + n]
     present = []
     for i in range(dims.n_text_layer):
         slot = {kind: kv[kvslots.slot_index(i, kind)] for kind in kvslots.SlotKind}
@@ -185,11 +189,10 @@ def decode(
                                 slot[kvslots.SlotKind.SELF_VALUE], slot[kvslots.SlotKind.CROSS_KEY],
                                 slot[kvslots.SlotKind.CROSS_VALUE], record=cross_record)
         present += [k, v]
-    x = x if all_positions else x[-1:]
+    x = x if all_positions else x[:, -1]
     if final_ln:  # always, but for the mutant that shows what forgetting it looks like
         x = layer_norm(x, w["decoder.ln.weight"], w["decoder.ln.bias"])
-    logits = x @ w["decoder.token_embedding.weight"].T  # tied output projection
-    return (logits if all_positions else logits[0]), present
+    return x @ w["decoder.token_embedding.weight"].T, present  # tied output projection
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,6 +204,7 @@ class NumpyModel:
 
     name = "numpy"
     final_ln = True
+    max_batch = None  # any number of rows
 
     def __init__(self, checkpoint: Checkpoint | tuple[ModelDims, Weights]) -> None:
         if isinstance(checkpoint, Checkpoint):
@@ -215,29 +219,35 @@ class NumpyModel:
             raise ValueError(f"encode expects a mel of shape {want}, got {mel.shape}")
         return encode(mel[0].astype(np.float32), self.weights, self.dims)[None]
 
-    def zero_kv(self) -> list[np.ndarray]:
+    def zero_kv(self, batch: int = 1) -> list[np.ndarray]:
         n = kvslots.n_slots(self.dims.n_text_layer)
-        return [np.zeros(kvslots.slot_shape(self.dims, i, 0), np.float32) for i in range(n)]
+        return [np.zeros(kvslots.slot_shape(self.dims, i, 0, batch), np.float32) for i in range(n)]
 
     def prefill(
-        self, tokens: Sequence[int], audio_features: np.ndarray, kv: list[np.ndarray]
+        self, tokens: np.ndarray, audio_features: Sequence[np.ndarray], kv: list[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        # tokens [b, n], b features [1, n_audio_ctx, d] -> logits [b, n, n_vocab], all slots of b rows.
         # The cross slots of `kv` are placeholders: cross K/V are computed here from the audio.
-        kv = self.with_cross_kv(kv, audio_features)
+        kv = self.with_cross_kv(kv, np.concatenate(list(audio_features), axis=0))
         logits, present = decode(tokens, kv, self.weights, self.dims, all_positions=True, final_ln=self.final_ln)
         return logits, kvslots.remap_present(kv, present)
 
     def with_cross_kv(self, kv: list[np.ndarray], audio_features: np.ndarray) -> list[np.ndarray]:
-        """A copy of `kv` whose cross slots hold the K/V projections of the audio features."""
+        """A copy of `kv` whose cross slots hold the K/V projections of the audio features [b, ctx, d]."""
         kv = list(kv)
         for i in range(self.dims.n_text_layer):
-            k, v = cross_kv(audio_features[0], self.weights, i, self.dims.n_text_head)
+            k, v = cross_kv(audio_features, self.weights, i, self.dims.n_text_head)
             kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_KEY)] = k
             kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_VALUE)] = v
         return kv
 
-    def step(self, token: int, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        return decode([token], kv, self.weights, self.dims, final_ln=self.final_ln)
+    def step(self, tokens: np.ndarray, kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        # tokens [b] -> logits [b, n_vocab], present self slots [b, h, past + 1, hd]
+        return decode(np.asarray(tokens).reshape(-1, 1), kv, self.weights, self.dims, final_ln=self.final_ln)
+
+    def select(self, kv: list[np.ndarray], rows: Sequence[int]) -> list[np.ndarray]:
+        index = kvslots.check_rows(rows, kvslots.batch_size(kv))
+        return [slot[index] for slot in kv]  # fancy indexing: a copy, in the order asked
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x)
@@ -246,6 +256,5 @@ class NumpyModel:
         """Cross-attention weights of every position over the audio: [n_layer, n_head, n, n_audio_ctx]."""
         kv = self.with_cross_kv(self.zero_kv(), audio_features)
         record: list[np.ndarray] = []
-        decode(tokens, kv, self.weights, self.dims, all_positions=True, cross_record=record)
+        decode([list(tokens)], kv, self.weights, self.dims, all_positions=True, cross_record=record)
         return np.concatenate(record, axis=0)
-

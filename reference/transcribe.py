@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .audio import HOP_LENGTH, SAMPLE_RATE, Audio, open_audio
-from .backend import Backend
-from .decoding import Decoder, DecodingOptions, DecodingResult, EventSink
+from .backend import Backend, check_batch, max_batch
+from .decoding import Decoder, DecodingOptions, DecodingOptionsError, DecodingResult, EventSink
 from .registry import create_backend
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
@@ -52,6 +53,9 @@ class Transcript:
         return getattr(self, key)
 
 
+DEFAULT_BATCH_SIZE = 8  # windows decoded as rows of one batch (each row holds its own cross K/V: ~18 MB in tiny)
+
+
 class Whisper:
     """A loaded checkpoint, its tokenizer and one backend: `load_model().transcribe("a.wav")`."""
 
@@ -61,33 +65,93 @@ class Whisper:
 
     def decode(self, mel: np.ndarray, options: DecodingOptions | None = None, trace: bool = False,
                on_event: EventSink | None = None) -> DecodingResult:
-        """One window: mel (n_mels, 2 * n_audio_ctx) -> greedy decoding result."""
+        """One window: mel (n_mels, 2 * n_audio_ctx) -> its decoding result (greedy unless `options` say)."""
         features = self.backend.encode(mel[None].astype(np.float32))
         return Decoder(self.backend, self.tokenizer, options, trace=trace).run(features, on_event)
 
     def transcribe(self, audio: str | os.PathLike | np.ndarray | Audio, language: str | None = None,
                    task: str = "transcribe", no_speech_threshold: float | None = NO_SPEECH_THRESHOLD,
                    logprob_threshold: float | None = LOGPROB_THRESHOLD,
-                   progress: Callable[[float], None] | None = None, **decode_options: Any) -> Transcript:
-        """A file (or 16 kHz mono float32 samples) -> Transcript, window after window of 30 s.
+                   progress: Callable[[float], None] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                   **decode_options: Any) -> Transcript:
+        """A file (or 16 kHz mono float32 samples) -> Transcript, in windows of 30 s.
 
         The audio is validated whole before the first window is decoded: a file or array that cannot be
         used (unreadable, NaN or inf samples, an array that is not 1-D floating point) raises AudioError,
-        an InputError, in one line. Memory is bounded by the window: the log-mel is streamed (audio.py).
-        `progress`, if given, is called after each window with the seconds of audio done so far.
+        an InputError, in one line. Memory is bounded by the batch: the log-mel is streamed (audio.py).
+        The windows do not depend on each other (no previous-text conditioning, no timestamp seek), so up
+        to `batch_size` of them are decoded as rows of one batch: the same tokens as one by one, with the
+        decoder's weights read once per step for all of them. `decode_options` are DecodingOptions
+        (beam_size, best_of, patience, length_penalty, temperature, seed, ...).
+        `progress`, if given, is called after each batch with the seconds of audio done so far.
         """
-        source = open_audio(audio, self.dims.n_mels)
+        return next(self.transcribe_many([audio], language, task, no_speech_threshold, logprob_threshold, progress,
+                                         batch_size, **decode_options))
+
+    def transcribe_many(self, audios: Sequence[str | os.PathLike | np.ndarray | Audio], language: str | None = None,
+                        task: str = "transcribe", no_speech_threshold: float | None = NO_SPEECH_THRESHOLD,
+                        logprob_threshold: float | None = LOGPROB_THRESHOLD,
+                        progress: Callable[[float], None] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                        **decode_options: Any) -> Iterator[Transcript]:
+        """Several files -> their Transcripts, in order, each as soon as its last window is decoded.
+
+        Every file is opened (and validated) before any window is decoded. The windows of all the files
+        form one stream, cut into batches of `batch_size` windows: a batch may end one file and start the
+        next. `progress` gets the seconds done over all the files.
+        """
+        if batch_size < 1:
+            raise DecodingOptionsError(f"batch_size must be at least 1, got {batch_size}")
+        sources = [open_audio(a, self.dims.n_mels) for a in audios]
         decoder = Decoder(self.backend, self.tokenizer, DecodingOptions(language=language, task=task, **decode_options))
-        windows: list[Window] = []
-        for seek, mel in source.mel_windows(self.dims.n_mel_frames):
-            r = decoder.run(self.backend.encode(mel[None]))
-            silent = (no_speech_threshold is not None and r.no_speech_prob > no_speech_threshold
-                      and (logprob_threshold is None or r.avg_logprob < logprob_threshold))
-            windows.append(Window(start=seek * HOP_LENGTH / SAMPLE_RATE, tokens=[] if silent else r.tokens,
-                                  text="" if silent else r.text, no_speech_prob=r.no_speech_prob,
-                                  avg_logprob=r.avg_logprob, finished="no_speech" if silent else r.finished))
-            if progress is not None:
-                progress(min(source.duration, (seek + self.dims.n_mel_frames) * HOP_LENGTH / SAMPLE_RATE))
+        per_batch = self._windows_per_batch(decoder, batch_size)
+        windows: list[list[Window]] = [[] for _ in sources]
+        frontier = [0]  # the file the stream of windows has reached
+        emitted, done_seconds = 0, 0.0
+
+        def stream() -> Iterator[tuple[int, int, np.ndarray]]:
+            for i, source in enumerate(sources):
+                frontier[0] = i
+                for seek, mel in source.mel_windows(self.dims.n_mel_frames):
+                    yield i, seek, mel
+            frontier[0] = len(sources)
+
+        items = stream()
+        while True:
+            batch = list(itertools.islice(items, per_batch))
+            if not batch:
+                next(items, None)  # moves the frontier past the last file
+            if batch:
+                results = decoder.run_batch([self.backend.encode(mel[None]) for _, _, mel in batch])
+                for (i, seek, _), r in zip(batch, results, strict=True):
+                    windows[i].append(self._window(seek, r, no_speech_threshold, logprob_threshold))
+                    done_seconds += min(sources[i].duration - seek * HOP_LENGTH / SAMPLE_RATE,
+                                        self.dims.n_mel_frames * HOP_LENGTH / SAMPLE_RATE)
+                if progress is not None:
+                    progress(done_seconds)
+            while emitted < frontier[0]:  # every window of these files is decoded
+                yield self._transcript(sources[emitted], windows[emitted])
+                windows[emitted] = []
+                emitted += 1
+            if not batch:
+                return
+
+    def _windows_per_batch(self, decoder: Decoder, batch_size: int) -> int:
+        """`batch_size`, or fewer where the backend takes fewer rows (a library compiled for batch 1)."""
+        rows = decoder.rows_per_window
+        check_batch(self.backend, rows, "one window of this decoding")
+        limit = max_batch(self.backend)
+        return batch_size if limit is None else max(1, min(batch_size, limit // rows))
+
+    @staticmethod
+    def _window(seek: int, r: DecodingResult, no_speech_threshold: float | None,
+                logprob_threshold: float | None) -> Window:
+        silent = (no_speech_threshold is not None and r.no_speech_prob > no_speech_threshold
+                  and (logprob_threshold is None or r.avg_logprob < logprob_threshold))
+        return Window(start=seek * HOP_LENGTH / SAMPLE_RATE, tokens=[] if silent else r.tokens,
+                      text="" if silent else r.text, no_speech_prob=r.no_speech_prob,
+                      avg_logprob=r.avg_logprob, finished="no_speech" if silent else r.finished)
+
+    def _transcript(self, source: Audio, windows: list[Window]) -> Transcript:
         tokens = [t for w in windows for t in w.tokens]
         # Per file: avg_logprob weighted by tokens (+1 for each window's EOT, as per window); the file
         # counts as silent only as much as its most speech-like window.

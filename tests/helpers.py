@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from whisperkv.reference import kv as kvslots
 from whisperkv.reference.audio import load_audio, mel_windows
 from whisperkv.reference.backend import Backend
 from whisperkv.reference.checks.verify import Report
-from whisperkv.reference.decoding import Decoder, State
+from whisperkv.reference.decoding import Decoder, DecodingOptions, State, TeacherForcing
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.model import NumpyModel
 from whisperkv.reference.tokenizer import Tokenizer
@@ -78,7 +79,9 @@ TINY_VOCAB_DIMS = ModelDims(n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_he
 @st.composite
 def small_dims(draw: st.DrawFn) -> ModelDims:
     head_dim = draw(st.sampled_from([2, 4]))
-    heads = draw(st.integers(1, 3))
+    # at least 4 wide: a LayerNorm over 2 values outputs +-gain whatever the input, so a 1e-7 rounding
+    # difference upstream flips into O(1e-4) logits and no fixed atol separates kernels from bugs
+    heads = draw(st.integers(1 if head_dim == 4 else 2, 3))
     n_state = head_dim * heads
     return ModelDims(n_mels=draw(st.integers(1, 5)), n_audio_ctx=draw(st.integers(1, 6)), n_audio_state=n_state,
                      n_audio_head=heads, n_audio_layer=draw(st.integers(1, 2)), n_vocab=draw(st.integers(8, 40)),
@@ -132,10 +135,27 @@ def assert_logits_within(report: Report, atol: float) -> None:
 def no_speech_prob(backend: Backend, tokenizer: Tokenizer, mel: np.ndarray) -> float:
     """The state machine's no_speech_prob of one window: START and PREFILL only (verify compares the
     logits at the last start position; this one is read at <|startoftranscript|>)."""
-    run = Decoder(backend, tokenizer).begin(backend.encode(mel[None]))
+    run = Decoder(backend, tokenizer).begin([backend.encode(mel[None])])
     while run.state in (State.START, State.PREFILL):
         run.advance()
-    return run.no_speech_prob
+    return run.groups[0].no_speech_prob
+
+
+def forced_run(backend: Backend, start: list[int], features: Any, forced: list[int]
+               ) -> Iterator[tuple[np.ndarray, list[Any]]]:
+    """The decoding machine on a random model: `start` as the start sequence, then `forced` teacher-forced
+    (tokens below n_vocab - 1: the toy EOT is n_vocab - 1). Yields (logits [1, n_vocab], slots) after
+    PREFILL and after each STEP."""
+    toy = ToyTokenizer(start, backend.dims.n_vocab)
+    assert toy.eot not in forced, "a forced EOT would end the run early"
+    options = DecodingOptions(suppress_tokens=None, suppress_blank=False,
+                              sample_len=backend.dims.n_text_ctx - len(start))
+    decoder = Decoder(backend, as_tokenizer(toy), options, strategy=lambda: TeacherForcing(list(forced), toy.eot))
+    run = decoder.begin([features])
+    run.advance()  # START
+    while run.state is not State.DONE:
+        run.advance()
+        yield np.asarray(run.logits), run.kv
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,20 +168,21 @@ SMALL_ATOL = 1e-4
 
 def compare_with_reference(backend: Backend, ref: NumpyModel, seed: int, n_start: int, n_steps: int,
                            atol: float) -> None:
-    """Encoder output, prefill and step logits and the slot shapes of `backend` against the reference, fed
-    the same random tokens (not greedy ones: every position is reached whatever the logits), within `atol`
-    (absolute: the random models' values are O(1), so the caller's atol is explained with its precision)."""
+    """Encoder output, prefill and step logits and the slot shapes of `backend` against the reference: two
+    decoding machines in lockstep, both teacher-forced with the same random tokens (not greedy ones: every
+    position is reached whatever the logits), within `atol` (absolute: the random models' values are O(1),
+    so the caller's atol is explained with its precision)."""
     rng = np.random.default_rng(seed)
     d = ref.dims
     mel = rng.standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32)
-    tokens = rng.integers(0, d.n_vocab, n_start + n_steps).tolist()
+    start = rng.integers(0, d.n_vocab, n_start).tolist()
+    forced = rng.integers(0, d.n_vocab - 1, n_steps).tolist()
     got_f, ref_f = backend.encode(mel), ref.encode(mel)
     np.testing.assert_allclose(backend.to_numpy(got_f), ref_f, atol=atol)
-    got, kv = backend.prefill(tokens[:n_start], got_f, backend.zero_kv())
-    want, ref_kv = ref.prefill(tokens[:n_start], ref_f, ref.zero_kv())
-    np.testing.assert_allclose(got, want, atol=atol)
-    for t in tokens[n_start:]:
-        (got, present), (want, ref_present) = backend.step(t, kv), ref.step(t, ref_kv)
+    transitions = 0
+    lockstep = zip(forced_run(backend, start, got_f, forced), forced_run(ref, start, ref_f, forced), strict=True)
+    for (got, kv), (want, ref_kv) in lockstep:
         np.testing.assert_allclose(got, want, atol=atol)
-        kv, ref_kv = kvslots.remap_present(kv, present), kvslots.remap_present(ref_kv, ref_present)
         assert kvslots.shapes([backend.to_numpy(s) for s in kv]) == kvslots.shapes(ref_kv)
+        transitions += 1
+    assert transitions == min(n_steps + 1, d.n_text_ctx - n_start)  # prefill, then a step per forced token

@@ -29,10 +29,28 @@ def test_json_output_for_a_long_file_matches_the_api(tiny_en) -> None:
     assert [w["start"] for w in lj["windows"]] == [0.0, 30.0]
     assert lj["tokens"] == lj["windows"][0]["tokens"] + lj["windows"][1]["tokens"]
     assert tiny_en.tokenizer.eot not in lj["tokens"] and tiny_en.tokenizer.sot not in lj["tokens"]
-    api = tiny_en.transcribe(JFK)
+    _, api = tiny_en.transcribe_many([LJSPEECH, JFK])  # the CLI's batches: JFK's window beside LJSpeech's two
     assert lines[1]["tokens"] == api.tokens and lines[1]["text"] == api.text == api["text"]
     # the same float32 computation on the same input, once in the CLI's process and once here: equal exactly
     assert lines[1]["no_speech_prob"] == pytest.approx(api.no_speech_prob, abs=0)
+    assert tiny_en.transcribe(JFK).tokens == api.tokens  # and alone, in a batch of its own: the same tokens
+
+
+def test_beam_search_and_sampling_options() -> None:
+    clip = AUDIO_DIR / "pocketsphinx_goforward.wav"
+    p = whisperkv("transcribe", clip, "--beam_size", "5", "--patience", "1.5", "--length_penalty", "0.5",
+                  "--format", "json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["tokens"] == d["windows"][0]["tokens"] and d["text"] == "Go forward 10 meters."
+    sampled = [whisperkv("transcribe", clip, "--temperature", "1.0", "--best_of", "2", "--seed", "3") for _ in "ab"]
+    assert sampled[0].returncode == 0 and sampled[0].stdout == sampled[1].stdout  # a seed reproduces its samples
+    for bad, why in ((["--beam_size", "5", "--temperature", "0.5"], "temperature 0"),
+                     (["--beam_size", "0"], "must be at least 1"), (["--patience", "2"], "requires beam_size"),
+                     (["--length_penalty", "3", "--beam_size", "2"], "between 0 and 1")):
+        p = whisperkv("transcribe", clip, *bad)
+        assert p.returncode == 2 and why in p.stderr and "Traceback" not in p.stderr, (bad, p.stderr)
+        assert p.stdout == ""
 
 
 def test_text_output() -> None:

@@ -38,20 +38,25 @@ class ScriptedBackend:
     def encode(self, mel):
         return np.zeros((1, DIMS.n_audio_ctx, DIMS.n_audio_state), np.float32)
 
-    def zero_kv(self):
-        return [np.zeros(kvslots.slot_shape(DIMS, i, 0), np.float32) for i in range(kvslots.n_slots(DIMS.n_text_layer))]
+    def zero_kv(self, batch=1):
+        return [np.zeros(kvslots.slot_shape(DIMS, i, 0, batch), np.float32)
+                for i in range(kvslots.n_slots(DIMS.n_text_layer))]
 
     def prefill(self, tokens, audio_features, kv):
-        self.calls.append(("prefill", tuple(tokens)))
-        n = len(tokens)
-        kv = [np.zeros(kvslots.slot_shape(DIMS, i, n), np.float32) for i in range(len(kv))]
-        return np.stack([self._logits()] * n), kv
+        tokens = np.asarray(tokens)
+        self.calls.append(("prefill", tuple(int(t) for t in tokens[0])))
+        b, n = tokens.shape
+        kv = [np.zeros(kvslots.slot_shape(DIMS, i, n, b), np.float32) for i in range(len(kv))]
+        return np.stack([np.stack([self._logits()] * n)] * b), kv
 
-    def step(self, token, kv):
-        self.calls.append(("step", (token,)))
-        n = kv[0].shape[2] + 1
-        return self._logits(), [np.zeros(kvslots.slot_shape(DIMS, i, n), np.float32)
-                                for i in kvslots.self_slots(DIMS.n_text_layer)]
+    def step(self, tokens, kv):
+        self.calls.append(("step", tuple(int(t) for t in tokens)))
+        b, n = len(tokens), kv[0].shape[2] + 1
+        return np.stack([self._logits()] * b), [np.zeros(kvslots.slot_shape(DIMS, i, n, b), np.float32)
+                                                for i in kvslots.self_slots(DIMS.n_text_layer)]
+
+    def select(self, kv, rows):
+        return [s[list(rows)] for s in kv]
 
     def to_numpy(self, x):
         return np.asarray(x)

@@ -12,6 +12,8 @@ from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.model import NumpyModel
 from whisperkv.reference.weights import random_weights
 
+from .helpers import forced_run
+
 
 @st.composite
 def small_models(draw: st.DrawFn) -> NumpyModel:
@@ -31,7 +33,7 @@ def random_inputs(model: NumpyModel, seed: int, n_tokens: int) -> tuple[np.ndarr
     d = model.dims
     rng = np.random.default_rng(seed)
     mel = rng.standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32)
-    tokens = rng.integers(0, d.n_vocab, size=n_tokens).tolist()
+    tokens = rng.integers(0, d.n_vocab - 1, size=n_tokens).tolist()  # n_vocab - 1 is the toy EOT (helpers.forced_run)
     return mel, tokens
 
 
@@ -50,22 +52,59 @@ def test_kv_cache_equals_full_recompute(model: NumpyModel, seed: int, data: st.D
     mel, tokens = random_inputs(model, seed, n_total)
     features = model.encode(mel)
 
-    full, _ = model.prefill(tokens, features, model.zero_kv())  # [n_total, n_vocab], no cache
+    full, _ = model.prefill(np.asarray([tokens]), [features], model.zero_kv())  # [1, n_total, n_vocab], no cache
 
-    logits, kv = model.prefill(tokens[:n_prompt], features, model.zero_kv())
-    cached = [*logits]
-    for token in tokens[n_prompt:-1] if n_total > n_prompt else []:
-        step_logits, present = model.step(token, kv)
+    # the machine, teacher-forced: prefill the prompt, then one step per token (its budget may stop it
+    # before the last one: n_ctx - n_prompt tokens are sampled, the last of them never fed)
+    runs = list(forced_run(model, tokens[:n_prompt], features, tokens[n_prompt:]))
+    cached = np.stack([logits[0] for logits, _ in runs])  # the logits at positions n_prompt - 1, n_prompt, ...
+    want = full[0, n_prompt - 1 : n_prompt - 1 + len(cached)]
+    np.testing.assert_allclose(cached, want, rtol=0, atol=CACHE_TOLERANCE * max(1.0, np.abs(full).max()))
+    # the self slots grew to exactly the number of positions fed
+    fed = n_prompt + len(cached) - 1
+    assert len(cached) >= n_total - n_prompt  # every position but (at the budget) the last was compared
+    last_kv = runs[-1][1]
+    assert kvslots.shapes(last_kv) == [kvslots.slot_shape(model.dims, i, fed) for i in range(len(last_kv))]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=small_models(), seed=st.integers(0, 2**31), data=st.data())
+def test_a_batch_of_rows_equals_rows_one_by_one(model: NumpyModel, seed: int, data: st.DataObject) -> None:
+    # rows decoded side by side (beams, samples, windows) never see each other
+    n_rows = data.draw(st.integers(1, 4), label="rows")
+    n_start = data.draw(st.integers(1, model.dims.n_text_ctx - 1), label="start")
+    rng = np.random.default_rng(seed)
+    d = model.dims
+    features = [model.encode(rng.standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32))
+                for _ in range(n_rows)]
+    tokens = rng.integers(0, d.n_vocab, (n_rows, n_start))
+    steps = rng.integers(0, d.n_vocab, (d.n_text_ctx - n_start, n_rows))
+    logits, kv = model.prefill(tokens, features, model.zero_kv(n_rows))
+    alone = [model.prefill(tokens[i : i + 1], features[i : i + 1], model.zero_kv()) for i in range(n_rows)]
+    for t in steps:
+        for i in range(n_rows):
+            np.testing.assert_allclose(logits[i], alone[i][0][0], rtol=0,
+                                       atol=CACHE_TOLERANCE * max(1.0, np.abs(alone[i][0]).max()))
+            for a, b in zip(kv, alone[i][1], strict=True):
+                np.testing.assert_allclose(a[i : i + 1], b, rtol=0, atol=CACHE_TOLERANCE * max(1.0, np.abs(b).max()))
+        logits, present = model.step(t, kv)
         kv = kvslots.remap_present(kv, present)
-        cached.append(step_logits)
-    last_logits, present = model.step(tokens[-1], kv)
-    cached.append(last_logits)
-    cached_arr = np.stack(cached)
-    assert cached_arr.shape == full.shape
-    np.testing.assert_allclose(cached_arr, full, rtol=0, atol=CACHE_TOLERANCE * max(1.0, np.abs(full).max()))
-    # the self slots grew to exactly the number of positions seen
-    kv = kvslots.remap_present(kv, present)
-    assert kvslots.shapes(kv) == [kvslots.slot_shape(model.dims, i, n_total) for i in range(len(kv))]
+        for i in range(n_rows):
+            one, one_present = model.step(t[i : i + 1], alone[i][1])
+            alone[i] = (one, kvslots.remap_present(alone[i][1], one_present))
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=small_models(), rows=st.lists(st.integers(0, 3), min_size=1, max_size=6), seed=st.integers(0, 2**31))
+def test_select_takes_the_rows_asked_for(model: NumpyModel, rows: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    kv = [rng.standard_normal(kvslots.slot_shape(model.dims, i, 3, batch=4)).astype(np.float32)
+          for i in range(kvslots.n_slots(model.dims.n_text_layer))]
+    out = model.select(kv, rows)
+    for a, b in zip(out, kv, strict=True):
+        np.testing.assert_array_equal(a, b[rows])  # exact: a copy of the rows, in the order asked
+    with pytest.raises(ValueError, match="out of range"):
+        model.select(kv, [*rows, 4])
 
 
 @settings(max_examples=30, deadline=None)
@@ -73,7 +112,7 @@ def test_kv_cache_equals_full_recompute(model: NumpyModel, seed: int, data: st.D
 def test_prefill_never_reads_the_zeroed_slots(model: NumpyModel, seed: int, garbage: str) -> None:
     mel, tokens = random_inputs(model, seed, min(3, model.dims.n_text_ctx))
     features = model.encode(mel)
-    clean_logits, clean_kv = model.prefill(tokens, features, model.zero_kv())
+    clean_logits, clean_kv = model.prefill(np.asarray([tokens]), [features], model.zero_kv())
     rng = np.random.default_rng(seed)
     dirty = [
         {"random": rng.standard_normal(s.shape), "nan": np.full(s.shape, np.nan), "huge": np.full(s.shape, 3e38)}[
@@ -81,7 +120,7 @@ def test_prefill_never_reads_the_zeroed_slots(model: NumpyModel, seed: int, garb
         ].astype(np.float32)
         for s in model.zero_kv()
     ]
-    logits, kv = model.prefill(tokens, features, dirty)
+    logits, kv = model.prefill(np.asarray([tokens]), [features], dirty)
     np.testing.assert_array_equal(logits, clean_logits)  # bit-identical: the garbage is never read
     for a, b in zip(kv, clean_kv, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -125,4 +164,4 @@ def test_context_overflow_is_an_error() -> None:
     model = NumpyModel((dims, random_weights(dims)))
     features = model.encode(np.zeros((1, 2, 4), np.float32))
     with pytest.raises(ValueError, match="context overflow"):
-        model.prefill([1, 2, 3, 4, 5], features, model.zero_kv())
+        model.prefill(np.asarray([[1, 2, 3, 4, 5]]), [features], model.zero_kv())

@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from whisperkv.reference import kv as kvslots
+from whisperkv.reference.backend import max_batch
 from whisperkv.reference.checks.candidates import resolve_candidate
 from whisperkv.reference.checks.verify import verify
 from whisperkv.reference.dims import ModelDims
+from whisperkv.reference.errors import InputError
 from whisperkv.reference.model import NumpyModel
 from whisperkv.reference.registry import BackendUnavailable
 from whisperkv.reference.tokenizer import Tokenizer
@@ -43,6 +46,7 @@ pytest.importorskip("tvm")
 from whisperkv.backends import open_folder  # noqa: E402
 from whisperkv.backends.onnx import layout, tvm_libs  # noqa: E402
 from whisperkv.backends.onnx.folder import OnnxFolderError  # noqa: E402
+from whisperkv.backends.onnx.protocol import BatchTooLargeError  # noqa: E402
 
 # tiny dims, tiny.en's vocabulary; n_text_ctx 16 -> verify samples at most 8 tokens per window
 DIMS = TINY_VOCAB_DIMS
@@ -89,7 +93,9 @@ def test_verify_finds_no_divergence_in_a_seed_style_folder(libs: Path, tokenizer
 @pytest.mark.slow  # compiles a second folder of three libraries
 def test_the_variant_is_read_off_the_parameter_names(tmp_path: Path) -> None:
     ck = checkpoint(seed=7)
-    tvm_libs.compile_seed_style_folder(ck, tmp_path, fp16=True, cache_position=True, past_encoder_hidden_states=True)
+    # batch=None: the decoders' batch_size left symbolic, so this folder also shows a library of any rows
+    tvm_libs.compile_seed_style_folder(ck, tmp_path, fp16=True, cache_position=True, past_encoder_hidden_states=True,
+                                       batch=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(tvm_libs.library_name(p, True) for p in layout.PARTS)
     backend = open_folder(tmp_path, ck)
     assert backend.variant == {"cache_position": True, "past_encoder_hidden_states": True}
@@ -97,6 +103,60 @@ def test_the_variant_is_read_off_the_parameter_names(tmp_path: Path) -> None:
     # layers of O(1) activations: a few 1e-3 at most. 2e-2 is fp16's precision here, still below the O(0.1)
     # that a wrong position, slot or weight moves these outputs by.
     compare_with_reference(backend, NumpyModel(ck), 7, n_start=2, n_steps=3, atol=2e-2)
+    # Rows: no limit read off a symbolic batch_size, and two rows give what each gives alone. The same
+    # kernels over one more row: the summation order may change (~1e-7 on these O(1) logits), a row that
+    # reads the other's audio or tokens moves them by O(0.1); SMALL_ATOL is between.
+    assert backend.max_batch is None
+    rng = np.random.default_rng(7)
+    features = [backend.encode(m) for m in rng.standard_normal((2, 1, DIMS.n_mels, DIMS.n_mel_frames)).astype(
+        np.float32)]
+    start = np.array([[1, 2], [3, 4]])
+    both, kv = backend.prefill(start, features, backend.zero_kv(2))
+    stepped, _ = backend.step(np.array([5, 6]), backend.select(kv, [1, 0]))
+    for r in range(2):
+        alone, kv = backend.prefill(start[r:r + 1], features[r:r + 1], backend.zero_kv(1))
+        np.testing.assert_allclose(both[r], alone[0], atol=SMALL_ATOL)
+        alone, _ = backend.step(np.array([6 - r]), kv)
+        np.testing.assert_allclose(stepped[1 - r], alone[0], atol=SMALL_ATOL)
+
+
+def test_a_batch_1_folder_runs_one_row_and_refuses_more_naming_the_library(libs: Path) -> None:
+    # The seed's libraries are compiled for batch 1: max_batch says so (read off main's check of input_ids,
+    # not guessed), every call with more rows is refused before it runs, and one row still decodes.
+    backend = tvm_libs.TVMLibraryFolderBackend(checkpoint(), libs)
+    assert max_batch(backend) == 1 and backend.batch_limit == libs / tvm_libs.library_name(layout.DECODER)
+    ref = NumpyModel(checkpoint())
+    mel = np.random.default_rng(SEED).standard_normal((1, DIMS.n_mels, DIMS.n_mel_frames)).astype(np.float32)
+    features = backend.encode(mel)
+    start = np.array([[1, 2]])
+    logits, kv = backend.prefill(start, [features], backend.zero_kv())
+    want, ref_kv = ref.prefill(start, [ref.encode(mel)], ref.zero_kv())
+    np.testing.assert_allclose(logits, want, atol=SMALL_ATOL)  # float32 both sides: summation order only
+    kv, ref_kv = backend.select(kv, [0]), ref.select(ref_kv, [0])
+    (logits, present), (want, _) = backend.step(np.array([3]), kv), ref.step(np.array([3]), ref_kv)
+    np.testing.assert_allclose(logits, want, atol=SMALL_ATOL)
+    assert kvslots.shapes([backend.to_numpy(s) for s in present])[0] == (1, DIMS.n_text_head, 3, DIMS.text_head_dim)
+
+    refused = r"^tvm-libs: \S*decoder_model\.so runs at most 1 row\(s\) per call, {} was given 2$"
+    calls = {"prefill": lambda: backend.prefill(np.array([[1, 2], [1, 2]]), [features] * 2, backend.zero_kv()),
+             "step": lambda: backend.step(np.array([3, 3]), kv),
+             "select": lambda: backend.select(kv, [0, 0]),
+             "zero_kv": lambda: backend.zero_kv(2)}
+    for what, call in calls.items():
+        with pytest.raises(BatchTooLargeError, match=refused.format(what)) as e:
+            call()
+        assert isinstance(e.value, InputError)  # the CLI's one-line error, no traceback
+
+
+def test_the_batch_a_library_takes_is_read_off_its_shape_check() -> None:
+    # main's check of input_ids as TVM 0.27 prints it: ndim 2, then (code, value) per axis; code 0 asserts
+    # a fixed size, 1 stores a symbolic one. Anything unreadable is batch 1, which every library runs.
+    fixed = "@main:\n  call  vm.builtin.match_shape in: %0, %9, i2, i0, i1, i0, i1, c[1] dst: %void\n"
+    symbolic = "@main:\n  call  vm.builtin.match_shape in: %0, %55, i2, i1, i0, i1, i1, c[1] dst: %void\n"
+    assert tvm_libs.fixed_batch(fixed, 0) == 1 and tvm_libs.fixed_batch(symbolic, 0) is None
+    assert tvm_libs.fixed_batch(fixed.replace("i0, i1, i0", "i0, i4, i0"), 0) == 4
+    assert tvm_libs.fixed_batch(symbolic, 1) == 1  # no check of parameter 1 in this text
+    assert tvm_libs.fixed_batch(None, 0) == 1
 
 
 def test_without_names_inputs_bind_in_optimums_order(libs: Path, monkeypatch) -> None:
@@ -136,7 +196,7 @@ def test_libraries_of_other_dims_are_refused_naming_file_and_tensor(libs: Path) 
     features = other.encode(np.zeros((1, DIMS.n_mels, DIMS.n_mel_frames), np.float32))
     with pytest.raises(OnnxFolderError, match=r"decoder_model\.so: output 0 \(Optimum's logits\) has shape "
                                                r"\[1, 2, 51864\], expected \[1, 2, 51865\]"):
-        other.prefill([1, 2], features, other.zero_kv())
+        other.prefill(np.array([[1, 2]]), [features], other.zero_kv())
     # another encoder length: the VM's own shape check on entry, reported with the file
     wrong = other._native(np.zeros((1, DIMS.n_mels, DIMS.n_mel_frames + 2), np.float32))
     with pytest.raises(OnnxFolderError, match=r"encoder_model\.so: the library refused its inputs"):

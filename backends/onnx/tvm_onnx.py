@@ -8,13 +8,16 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
 - weights are library parameters (`keep_params_in_input=True`), read from the ONNX initializers at load
   time: a library depends on the graph, not the weights, and its cache key hashes the graph without
   the initializer values (plus target and TVM version);
-- the graph inputs are specialised before import: batch 1 and the encoder length fixed to n_audio_ctx.
-  Optimum names that axis "encoder_sequence_length / 2", which TVM parses as an expression it cannot
-  compute from any input, and fixed sizes give TVM static shapes everywhere but the self-KV length;
+- the graph inputs are specialised before import: the encoder length fixed to n_audio_ctx (Optimum names
+  that axis "encoder_sequence_length / 2", which TVM parses as an expression it cannot compute from any
+  input), and the encoder's batch fixed to 1 (`encode` takes one window). The decoders keep batch_size
+  symbolic, so one library runs any number of rows; everything else is static but the self-KV length;
 - compiled libraries are cached like the native backend's: checked against their record before they are
   loaded, compiled under the folder's lock (backends/cache.py);
 - TVM_NUM_THREADS is set (to the CPUs this process may use) before tvm is imported, as backends/tvm does:
   the runtime uses one thread otherwise.
+- rows are moved by `gather_rows`: one tensor-to-tensor copy per run of consecutive rows, through views of
+  the TVM tensors (no numpy round trip, no Python loop over elements).
 The kernels are TVM's default, unscheduled ones (no dlight matmul rule exists for CPU): correct, slow.
 The native TVM backend (backends/tvm) is the fast route; this one shows what an ONNX import gives.
 """
@@ -27,6 +30,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,17 +51,21 @@ from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
 from ..cache import cached, workspace  # noqa: E402
+from . import layout  # noqa: E402
 from .cache import cache_dir, exported_folder  # noqa: E402
 from .folder import OnnxFolderError, PartBinding, check_part, find_files, signature_from_model  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
 
-LIBRARY_FORMAT = 1  # bump when the way libraries are built or called changes
+# bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic)
+LIBRARY_FORMAT = 2
 
 
-def specialize(model: onnx.ModelProto, dims: ModelDims) -> onnx.ModelProto:
-    """Fix batch_size to 1 and the encoder-length axes to n_audio_ctx in the graph inputs (in place)."""
-    fixed = {"batch_size": 1, "encoder_sequence_length / 2": dims.n_audio_ctx,
-             "encoder_sequence_length_out": dims.n_audio_ctx}
+def specialize(model: onnx.ModelProto, dims: ModelDims, batch: int | None = 1) -> onnx.ModelProto:
+    """Fix the encoder-length axes to n_audio_ctx in the graph inputs (in place), and batch_size to `batch`
+    (None: left symbolic, for a library that runs any number of rows)."""
+    fixed = {"encoder_sequence_length / 2": dims.n_audio_ctx, "encoder_sequence_length_out": dims.n_audio_ctx}
+    if batch is not None:
+        fixed["batch_size"] = batch
     for value in model.graph.input:
         for d in value.type.tensor_type.shape.dim:
             if d.HasField("dim_param") and d.dim_param in fixed:
@@ -94,12 +102,50 @@ def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target,
     return time.perf_counter() - t0
 
 
+def gather_rows(picks: Sequence[tuple[Any, int]], like: Any) -> Any:
+    """A new TVM tensor whose row i is row picks[i][1] of tensor picks[i][0] (axis 0), with the row shape
+    and dtype of `like`. One copy per run of consecutive rows of one source, between views of the two
+    allocations: the rows never leave TVM's memory (a beam reorder or a dropped row is a few memcpys)."""
+    row_shape = tuple(like.shape[1:])
+    out = tvm.runtime.empty((len(picks), *row_shape), like.dtype, like.device)
+    row_bytes = int(np.prod(row_shape)) * np.dtype(str(like.dtype)).itemsize
+    i = 0
+    while i < len(picks) and row_bytes:  # rows of no elements (self slots of length 0): nothing to copy
+        source, first = picks[i]
+        n = 1
+        while i + n < len(picks) and picks[i + n][0] is source and picks[i + n][1] == first + n:
+            n += 1
+        view = (n, *row_shape)
+        source._create_view(view, relative_byte_offset=first * row_bytes).copyto(
+            out._create_view(view, relative_byte_offset=i * row_bytes))
+        i += n
+    return out
+
+
+class TVMTensors:
+    """The native-array half of an engine whose arrays are TVM tensors on `self.device`."""
+
+    device: Any
+
+    def _native(self, x: np.ndarray) -> Any:
+        return tvm.runtime.tensor(x, self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.numpy()
+
+    def _take(self, x: Any, rows: list[int]) -> Any:
+        return gather_rows([(x, r) for r in rows], x)
+
+    def _stack(self, xs: Sequence[Any]) -> Any:
+        return gather_rows([(x, 0) for x in xs], xs[0])
+
+
 def weights_of(model: onnx.ModelProto, device: Any) -> list[Any]:
     """The initializers, in graph order: the order from_onnx appends them to main's parameters."""
     return [tvm.runtime.tensor(np.ascontiguousarray(numpy_helper.to_array(t)), device) for t in model.graph.initializer]
 
 
-class TVMOnnxBackend(OptimumBackend):
+class TVMOnnxBackend(TVMTensors, OptimumBackend):
     name = "tvm-onnx"
 
     def __init__(self, checkpoint: Checkpoint, onnx_dir: str | os.PathLike | None = None, fp16: bool | None = None,
@@ -118,7 +164,7 @@ class TVMOnnxBackend(OptimumBackend):
             except Exception as e:  # onnx raises protobuf's DecodeError and others for damaged files
                 raise OnnxFolderError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from e
             bindings[part] = check_part(part, path, signature_from_model(model), checkpoint.dims)
-            specialize(model, checkpoint.dims)
+            specialize(model, checkpoint.dims, batch=1 if part == layout.ENCODER else None)
             library = library_dir / f"{part}-{graph_key(model, self.target)}.so"
             cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
                    quiet=quiet)
@@ -133,12 +179,6 @@ class TVMOnnxBackend(OptimumBackend):
             print(f"whisperkv: compiling {source.name} with TVM ...", file=sys.stderr, flush=True)
         with workspace(library.parent) as ws:
             self.compile_seconds[part] = compile_graph(model, library, self.target, ws)
-
-    def _native(self, x: np.ndarray) -> Any:
-        return tvm.runtime.tensor(x, self.device)
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return x.numpy()
 
     def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[Any]:
         # main's parameters: the graph inputs in file order, then the weights; outputs in file order.

@@ -2,7 +2,8 @@
 
 Errors: an `InputError` (bad input or bad state, reference/errors.py) is one line on stderr and exit 2;
 so is a failed write to stdout (a closed pipe, a full disk). Ctrl-C is one line and exit 130. Nothing is
-printed for a file until it is finished, and every finished file is printed before the next one starts.
+printed for a file until it is finished; the windows of several files are decoded in batches that may span
+two files, and each file is printed as soon as its last window is decoded, in the order given.
 Backends contribute commands (`compile`, `export-onnx`) through the `whisperkv.commands` entry points.
 """
 
@@ -81,27 +82,40 @@ def _show_progress(args: argparse.Namespace) -> bool:
 # Commands
 
 
+def _decoding_options(args: argparse.Namespace) -> dict:
+    """The token-choice options of transcribe and trace, as DecodingOptions keywords."""
+    return {"beam_size": args.beam_size, "patience": args.patience, "length_penalty": args.length_penalty,
+            "temperature": args.temperature, "seed": args.seed,
+            # openai-whisper's CLI: best_of applies to sampling only (temperature > 0)
+            "best_of": args.best_of if args.temperature > 0 else None}
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     from ..audio import open_audio
     from ..transcribe import load_model
 
     model = load_model(args.model, backend=args.backend)
+    options = _decoding_options(args)
     # Every file is read once before anything is printed: a bad file fails the run with no partial output.
     sources = [open_audio(path, model.dims.n_mels) for path in args.audio]
-    for source in sources:
-        with progress_bar(source.duration, os.path.basename(source.name), _show_progress(args)) as progress:
-            t = model.transcribe(source, language=args.language, task=args.task, progress=progress)
-        if args.format == "json":
-            emit(json.dumps(t.as_dict(), ensure_ascii=False))
-        else:
-            emit(t.text if len(sources) == 1 else f"{source.name}: {t.text}")
+    total = sum(source.duration for source in sources)
+    desc = os.path.basename(sources[0].name) if len(sources) == 1 else f"{len(sources)} files"
+    with progress_bar(total, desc, _show_progress(args)) as progress:
+        # the windows of all the files are decoded in batches; each file is printed once it is finished
+        for t in model.transcribe_many(sources, language=args.language, task=args.task, progress=progress,
+                                       batch_size=args.batch_size, **options):
+            if args.format == "json":
+                emit(json.dumps(t.as_dict(), ensure_ascii=False))
+            else:
+                emit(t.text if len(sources) == 1 else f"{t.audio}: {t.text}")
     return 0
 
 
 def _trace(args: argparse.Namespace) -> int:
     from ..audio import HOP_LENGTH, SAMPLE_RATE, open_audio
+    from ..decoding import DecodingOptions
     from ..transcribe import load_model
-    from .trace import format_trace
+    from .trace import format_beams, format_trace
 
     if args.plot:
         try:
@@ -109,12 +123,16 @@ def _trace(args: argparse.Namespace) -> int:
         except ImportError:
             raise InputError("--plot needs matplotlib (pip install 'whisperkv[plot]')") from None
     model = load_model(args.model, backend=args.backend)
+    options = DecodingOptions(**_decoding_options(args))
     source = open_audio(args.audio, model.dims.n_mels)
     for index, (seek, mel) in enumerate(source.mel_windows(model.dims.n_mel_frames)):
-        result = model.decode(mel, trace=True)
+        result = model.decode(mel, options, trace=True)
         emit(f"# window {index} ({seek * HOP_LENGTH / SAMPLE_RATE:g} s), backend {model.backend.name}")
         for line in format_trace(result.events, model.tokenizer, model.dims.n_text_layer, result.finished):
             emit(line)
+        if options.beam_size is not None or (options.best_of or 1) > 1:
+            for line in format_beams(result, model.tokenizer):
+                emit(line)
         emit(f"# text: {result.text}")
         if args.plot and index == 0:
             from ..model import NumpyModel
@@ -169,16 +187,43 @@ def _conformance(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if code == pytest.ExitCode.USAGE_ERROR else code
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    """Token choice, under openai-whisper's CLI names (the dashed spellings are accepted too)."""
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (default): the most probable tokens; > 0: sample from softmax(logits / temperature)")
+    p.add_argument("--best_of", "--best-of", type=_positive_int, default=5,
+                   help="samples per window when temperature > 0, the most likely kept (default 5)")
+    p.add_argument("--beam_size", "--beam-size", type=_positive_int, default=None,
+                   help="beam search with this many beams, temperature 0 (default: greedy, as openai-whisper's "
+                        "transcribe(); its CLI uses 5)")
+    p.add_argument("--patience", type=float, default=None,
+                   help="beam search: stop after round(beam_size * patience) finished beams (default 1.0)")
+    p.add_argument("--length_penalty", "--length-penalty", type=float, default=None,
+                   help="ranking: alpha of ((5 + length) / 6) ** alpha (default: divide by the length)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling generator (reproducible samples)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from whisperkv import __version__
 
     from ..registry import available_backends
+    from ..transcribe import DEFAULT_BATCH_SIZE
 
     backends = available_backends()
     parser = argparse.ArgumentParser(prog="whisperkv", description="Whisper through a decoding loop you can check.")
     parser.add_argument("--version", action="version", version=f"whisperkv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("transcribe", help="transcribe audio files (greedy, no timestamps)")
+    t = sub.add_parser("transcribe", help="transcribe audio files (no timestamps)")
     t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, ...; any rate and channel count)")
     t.add_argument("--backend", default="numpy", choices=backends)
     t.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
@@ -188,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     t.add_argument("--progress", action="store_true",
                    help="a progress bar on stderr even when it is not a terminal (default: only on a terminal)")
+    t.add_argument("--batch_size", "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"windows decoded as rows of one batch (default {DEFAULT_BATCH_SIZE}); "
+                        "the tokens do not depend on it")
+    _add_decoding_arguments(t)
     t.set_defaults(run=_transcribe)
 
     tr = sub.add_parser("trace", help="print the state machine's transitions and the KV slots, step by step")
@@ -196,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
     tr.add_argument("--plot", default=None, metavar="FILE.png",
                     help="draw the KV cache growth and each step's cross-attention (needs matplotlib)")
+    _add_decoding_arguments(tr)
     tr.set_defaults(run=_trace)
 
     v = sub.add_parser("verify", help="run a candidate beside the reference and report the first divergence")

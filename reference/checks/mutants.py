@@ -34,9 +34,10 @@ class WrongStartSequence(Mutant):
                    "<|notimestamps|>) must come from the tokenizer, looked up by name")
 
     def prefill(self, tokens, audio_features, kv):
-        logits, kv = super().prefill([self.tokenizer.eot], audio_features, kv)
-        # report as many rows as asked, so the machine can go on: the last row is what matters
-        return np.repeat(logits[-1:], len(tokens), axis=0), kv
+        tokens = np.asarray(tokens)
+        logits, kv = super().prefill(np.full((len(tokens), 1), self.tokenizer.eot), audio_features, kv)
+        # report as many positions as asked, so the machine can go on: the last position is what matters
+        return np.repeat(logits[:, -1:], tokens.shape[1], axis=1), kv
 
 
 class ZeroCrossKV(Mutant):
@@ -133,7 +134,7 @@ class EotIgnored(Mutant):
     def step(self, token, kv):
         logits, present = super().step(token, kv)
         logits = logits.copy()
-        logits[self.tokenizer.eot] = -np.inf
+        logits[:, self.tokenizer.eot] = -np.inf
         return logits, present
 
 

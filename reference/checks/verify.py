@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import kv as kvslots
 from ..backend import Backend
-from ..decoding import Decoder, DecodingOptions, apply_filters
+from ..decoding import Decoder, DecodingOptions, Greedy, State, TeacherForcing, apply_filters
 from ..model import NumpyModel
 from ..tokenizer import Tokenizer
 from ..weights import Checkpoint
@@ -124,7 +124,7 @@ class Lockstep:
                  options: DecodingOptions) -> None:
         self.ref, self.cand, self.tok, self.tol = reference, candidate, tokenizer, tolerance
         rules = Decoder(reference, tokenizer, options)  # the decoding rules both sides are judged by
-        self.filters, self.start, self.sample_len = rules.filters, rules.start_sequence, rules.sample_len
+        self.options, self.filters, self.start = rules.options, rules.filters, rules.start_sequence
 
     def choose(self, logits: np.ndarray, sampled: Sequence[int]) -> tuple[int, np.ndarray]:
         return apply_filters(self.filters, logits, sampled)
@@ -186,41 +186,47 @@ class Lockstep:
         if enc.verdict != "agree":
             return enc, context
 
+        # Two machines in lockstep: the reference decodes greedily, the candidate is teacher-forced with
+        # the reference's choices (appended to `forced` before the candidate's turn), so every stage
+        # compares like with like.
         n_layer = self.ref.dims.n_text_layer
-        every_slot = range(kvslots.n_slots(n_layer))
-        ref_logits, ref_kv = self.ref.prefill(self.start, ref_feat, self.ref.zero_kv())
-        cand_logits, cand_kv = self.cand.prefill(self.start, cand_feat, self.cand.zero_kv())
-        cand_logits = np.asarray(cand_logits)
-        stage = Stage(index, "prefill", 0, list(self.start))
-        self.compare_slots(stage, ref_kv, cand_kv, every_slot)
-        self.judge(stage, ref_logits[-1], cand_logits[-1], [], ref_kv, every_slot)
-        stages.append(stage)
-        context.update(cand_logits=cand_logits[-1], cand_kv=cand_kv)
-        sampled: list[int] = []
-        while stage.verdict == "agree" and stage.ref_token != self.tok.eot and len(sampled) < self.sample_len:
-            token = stage.ref_token
-            sampled.append(token)
-            context["history"] = list(sampled)
-            ref_logits, present = self.ref.step(token, ref_kv)
-            ref_kv = kvslots.remap_present(ref_kv, present)
-            cand_logits, present = self.cand.step(token, cand_kv)
-            cand_kv = kvslots.remap_present(cand_kv, present)
-            stage = Stage(index, "step", len(sampled), [token])
-            self.compare_slots(stage, ref_kv, cand_kv, kvslots.self_slots(n_layer))
-            self.judge(stage, ref_logits, np.asarray(cand_logits), sampled, ref_kv, kvslots.self_slots(n_layer))
+        forced: list[int] = []
+        ref_run = Decoder(self.ref, self.tok, self.options, strategy=Greedy).begin([ref_feat])
+        cand_run = self.teacher_forced(self.cand, forced).begin([cand_feat])
+        ref_run.advance()  # START: zeroed slots
+        cand_run.advance()
+        stage = enc
+        while ref_run.state is not State.DONE:
+            kind = ref_run.state
+            inputs = list(self.start) if kind is State.PREFILL else [forced[-1]]
+            history = list(forced)  # the tokens fed so far: what a replay needs to reach this stage
+            ref_run.advance()
+            forced.append(ref_run.rows[0].tokens[-1] if ref_run.rows else self.tok.eot)
+            cand_run.advance()
+            stage = Stage(index, kind.value, ref_run.steps, inputs)
+            compared = range(kvslots.n_slots(n_layer)) if kind is State.PREFILL else kvslots.self_slots(n_layer)
+            self.compare_slots(stage, ref_run.kv, cand_run.kv, compared)
+            cand_logits = np.asarray(cand_run.logits)[0]
+            self.judge(stage, ref_run.logits[0], cand_logits, history, ref_run.kv, compared)
             stages.append(stage)
-            context.update(cand_logits=np.asarray(cand_logits), cand_kv=cand_kv)
-        return (None if stage.verdict == "agree" else stage), context
+            context.update(history=history, cand_logits=cand_logits, cand_kv=cand_run.kv)
+            if stage.verdict != "agree":
+                return stage, context
+        return None, context
+
+    def teacher_forced(self, backend: Backend, forced: list[int]) -> Decoder:
+        """A machine that feeds `backend` the tokens of `forced` (which may grow while it runs), then EOT."""
+        return Decoder(backend, self.tok, self.options, strategy=lambda: TeacherForcing(forced, self.tok.eot))
 
 
-def replay(model: Backend, start: list[int], features: np.ndarray, history: list[int]) -> tuple[np.ndarray, list]:
+def replay(lockstep: Lockstep, model: Backend, features: Any, history: list[int]) -> tuple[np.ndarray, list]:
     """The logits and slots `model` has after the start sequence and `history` (teacher-forced)."""
-    logits, kv = model.prefill(start, features, model.zero_kv())
-    logits = logits[-1]
-    for token in history:
-        logits, present = model.step(token, kv)
-        kv = kvslots.remap_present(kv, present)
-    return logits, kv
+    run = lockstep.teacher_forced(model, list(history)).begin([features])
+    run.advance()  # START
+    run.advance()  # PREFILL
+    while run.steps < len(history):
+        run.advance()
+    return np.asarray(run.logits)[0], run.kv
 
 
 def diagnose(lockstep: Lockstep, stage: Stage, context: dict, checkpoint: Checkpoint) -> Diagnosis:
@@ -233,11 +239,11 @@ def diagnose(lockstep: Lockstep, stage: Stage, context: dict, checkpoint: Checkp
     if stage.verdict == "tie":
         return Diagnosis("tie", "the reference's two best tokens are within the tie margin", stage.reason)
     # Replay every mutant to this stage; the one whose numbers the candidate reproduces names the bug.
-    history = context["history"] if stage.stage == "step" else []
+    history = context["history"]
     scores = {}
     for name in MUTANTS:
         mutant = make_mutant(name, checkpoint, lockstep.tok)
-        m_logits, m_kv = replay(mutant, lockstep.start, context["features"], history)
+        m_logits, m_kv = replay(lockstep, mutant, context["features"], history)
         scores[name] = _match(m_logits, m_kv, context["cand_logits"], context["cand_kv"], lockstep)
     best = min(scores, key=scores.get)
     if scores[best] <= lockstep.tol.relative:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ... import kv as kvslots
+from ...backend import max_batch
 from ..verify import distance
 
 
@@ -24,8 +25,8 @@ def test_zero_kv_has_the_slot_layout(whisperkv_suite) -> None:
     slots = [cand.to_numpy(s) for s in cand.zero_kv()]
     want = [kvslots.slot_shape(dims, i, 0) for i in range(kvslots.n_slots(dims.n_text_layer))]
     assert [s.shape for s in slots] == want, (
-        f"zero_kv() must return {len(want)} slots: self (1, heads, 0, head_dim), cross (1, heads, n_audio_ctx, "
-        f"head_dim); got {[s.shape for s in slots]}")
+        f"zero_kv() must return {len(want)} slots of one row: self (1, heads, 0, head_dim), cross (1, heads, "
+        f"n_audio_ctx, head_dim); got {[s.shape for s in slots]}")
 
 
 def test_encoder_output_matches_the_reference(whisperkv_suite) -> None:
@@ -40,18 +41,24 @@ def test_encoder_output_matches_the_reference(whisperkv_suite) -> None:
 
 
 def _prefill_both(suite, mel):
+    """One row through both prefills: -> (start, logits [n, n_vocab] and slots of each, as numpy)."""
     start = suite.tokenizer.sot_sequence()
-    ref_logits, ref_kv = suite.reference.prefill(start, suite.reference.encode(mel[None]), suite.reference.zero_kv())
+    tokens = np.asarray([start])
+    ref_logits, ref_kv = suite.reference.prefill(tokens, [suite.reference.encode(mel[None])], suite.reference.zero_kv())
     cand = suite.candidate
-    cand_logits, cand_kv = cand.prefill(start, cand.encode(mel[None]), cand.zero_kv())
-    return start, ref_logits, ref_kv, np.asarray(cand_logits), [cand.to_numpy(s) for s in cand_kv]
+    cand_logits, cand_kv = cand.prefill(tokens, [cand.encode(mel[None])], cand.zero_kv())
+    cand_logits = np.asarray(cand_logits)
+    if cand_logits.ndim != 3 or cand_logits.shape[0] != 1:
+        pytest.fail(f"prefill() of one row must return logits (1, len(start sequence), n_vocab); got "
+                    f"{cand_logits.shape}", pytrace=False)
+    return start, ref_logits[0], ref_kv, cand_logits[0], [cand.to_numpy(s) for s in cand_kv]
 
 
 def test_prefill_returns_logits_for_every_start_token(whisperkv_suite) -> None:
     suite = whisperkv_suite
     start, ref_logits, _, cand_logits, _ = _prefill_both(whisperkv_suite, suite.windows[0][1])
     assert cand_logits.shape == ref_logits.shape, (
-        f"prefill() must return logits of shape (len(start sequence), n_vocab) = {ref_logits.shape} "
+        f"prefill() must return logits of shape (1, len(start sequence), n_vocab) = (1, *{ref_logits.shape}) "
         f"(no_speech_prob is read at <|startoftranscript|>); got {cand_logits.shape}")
 
 
@@ -87,9 +94,9 @@ def test_step_appends_one_position_to_every_self_slot(whisperkv_suite) -> None:
     suite = whisperkv_suite
     dims, cand = suite.checkpoint.dims, suite.candidate
     start, _, _, cand_logits, _ = _prefill_both(whisperkv_suite, suite.windows[0][1])
-    _, kv = cand.prefill(start, cand.encode(suite.windows[0][1][None]), cand.zero_kv())
-    logits, present = cand.step(int(np.argmax(cand_logits[-1])), kv)
-    assert np.asarray(logits).shape == (dims.n_vocab,), f"step() logits shape {np.asarray(logits).shape}"
+    _, kv = cand.prefill(np.asarray([start]), [cand.encode(suite.windows[0][1][None])], cand.zero_kv())
+    logits, present = cand.step(np.asarray([np.argmax(cand_logits[-1])]), kv)
+    assert np.asarray(logits).shape == (1, dims.n_vocab), f"step() of one row: logits shape {np.asarray(logits).shape}"
     assert len(present) == 2 * dims.n_text_layer, (
         f"step() must return the {2 * dims.n_text_layer} present self slots (layer-major: key, value); "
         f"got {len(present)}")
@@ -125,3 +132,39 @@ def test_transcript_equals_the_reference(whisperkv_suite) -> None:
         got = Decoder(suite.candidate, suite.tokenizer).run(suite.candidate.encode(mel[None]))
         assert got.tokens == ref.tokens, f"{path}: candidate said {got.text!r}, reference {ref.text!r}"
         assert got.finished == ref.finished, f"{path}: candidate finished by {got.finished}, reference {ref.finished}"
+
+
+def _takes_two_rows(suite) -> None:
+    if max_batch(suite.candidate) == 1:
+        pytest.skip("the candidate declares max_batch = 1 (one row per call): batches are not claimed")
+
+
+def test_select_takes_the_rows_asked_for(whisperkv_suite) -> None:
+    suite = whisperkv_suite
+    _takes_two_rows(suite)
+    cand, start = suite.candidate, suite.tokenizer.sot_sequence()
+    mels = [mel for _, mel in suite.windows][:2]
+    features = [cand.encode(m[None]) for m in (mels * 2)[:2]]
+    _, kv = cand.prefill(np.asarray([start, start]), features, cand.zero_kv(2))
+    rows = [1, 0, 1]  # reordered, repeated, and a different batch size: what beam search asks
+    out = cand.select(kv, rows)
+    assert len(out) == len(kv), f"select() returned {len(out)} slots, expected {len(kv)}"
+    for i, (got, slot) in enumerate(zip(out, kv, strict=True)):
+        got, slot = cand.to_numpy(got), cand.to_numpy(slot)
+        assert np.array_equal(got, slot[rows]), (
+            f"select(kv, {rows}): slot {i} ({kvslots.slot_name(i)}) does not hold exactly those rows")
+
+
+def test_a_batch_of_windows_equals_each_window_alone(whisperkv_suite) -> None:
+    suite = whisperkv_suite
+    _takes_two_rows(suite)
+    from ...decoding import Decoder
+
+    cand, tok = suite.candidate, suite.tokenizer
+    mels = [mel for _, mel in suite.windows]
+    features = [cand.encode(m[None]) for m in mels]
+    together = Decoder(cand, tok).run_batch(features)
+    for (path, _), f, got in zip(suite.windows, features, together, strict=True):
+        alone = Decoder(cand, tok).run(f)
+        assert got.tokens == alone.tokens, (
+            f"{path}: decoded in a batch of {len(features)} the candidate said {got.text!r}, alone {alone.text!r}")

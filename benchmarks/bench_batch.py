@@ -1,0 +1,88 @@
+"""Windows decoded as rows of one batch vs one window at a time: the decoding phase, side by side.
+
+    python benchmarks/bench_batch.py [AUDIO] [--backend tvm] [--repeat 5] [--beam-size N]
+
+The windows of AUDIO (default: the shared 172 s clip, 6 windows) are encoded once; then the decoding
+phase (prefill and every step, the token choice included: `Decoder.run_batch`) is timed both ways,
+alternating, `--repeat` times each, and the medians are compared. The tokens must be equal both ways,
+or the script exits 1. Prints the machine (CPU model, LLVM's name for it, threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "whitehouse_weekly_address_trade.wav"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("audio", nargs="?", default=str(DEFAULT_AUDIO))
+    ap.add_argument("--backend", default="tvm")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--beam-size", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    from whisperkv import load_model
+    from whisperkv.reference.audio import open_audio
+    from whisperkv.reference.decoding import Decoder, DecodingOptions
+
+    model = load_model(backend=args.backend)
+    options = DecodingOptions(beam_size=args.beam_size)
+    source = open_audio(args.audio, model.dims.n_mels)
+    t0 = time.perf_counter()
+    features = [model.backend.encode(mel[None]) for _, mel in source.mel_windows(model.dims.n_mel_frames)]
+    encode_s = time.perf_counter() - t0
+    decoder = Decoder(model.backend, model.tokenizer, options)
+
+    def batched() -> list[list[int]]:
+        return [r.tokens for r in decoder.run_batch(features)]
+
+    def one_by_one() -> list[list[int]]:
+        return [decoder.run(f).tokens for f in features]
+
+    times: dict[str, list[float]] = {"batched": [], "one by one": []}
+    tokens: dict[str, list[list[int]]] = {}
+    for _ in range(args.repeat):  # alternating: a noisy neighbour slows both alike
+        for name, fn in (("batched", batched), ("one by one", one_by_one)):
+            t = time.perf_counter()
+            tokens[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    n_tokens = sum(len(t) for t in tokens["batched"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    cpu = cpu_model()
+    try:
+        from whisperkv.backends.tvm.compile import host_target
+
+        llvm = str(host_target().attrs.get("mcpu", ""))
+    except Exception:  # no tvm: the numpy backend is still measured
+        llvm = "-"
+    print(f"machine: {cpu}, LLVM {llvm}, {len(os.sched_getaffinity(0))} CPU(s); backend {model.backend.name}; "
+          f"{Path(args.audio).name}: {len(features)} windows, {n_tokens} tokens, "
+          f"{'beam ' + str(args.beam_size) if args.beam_size else 'greedy'}; encode (all windows) {encode_s:.2f} s")
+    for name in times:
+        print(f"  decoding phase, {name:<10}: median {med[name]:.3f} s over {args.repeat} "
+              f"({', '.join(f'{t:.3f}' for t in times[name])})")
+    print(f"  batched is {med['one by one'] / med['batched']:.2f}x faster; tokens equal: "
+          f"{tokens['batched'] == tokens['one by one']}")
+    return 0 if tokens["batched"] == tokens["one by one"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
