@@ -21,9 +21,10 @@ the 2 cores. Every engine gets the same 16 kHz samples (file decoding is not tim
 (beam 1, temperature 0, no fallback), no timestamps, no previous-text conditioning, no VAD, English,
 and the same thread count (OMP / OpenBLAS / TVM / CTranslate2). Times are the median of --repeat runs
 after one untimed warm-up; ratios are against faster-whisper fp32 and int8 from the same run. The TVM
-and numpy children also time each protocol call: mel, encode (per window), prefill (per window) and
-the median decode step. tvm-cold runs in a child with WHISPERKV_CACHE_DIR set to an empty folder and
-measures import + compile + load, the first-run cost of a new machine. OPENBLAS_CORETYPE and
+and numpy children also time each protocol call: mel, encode (per window), prefill (per call: the
+windows of a file are decoded as rows of one batch) and the median decode step (of the batch).
+tvm-cold runs in a child with WHISPERKV_CACHE_DIR set to an empty folder and measures import +
+compile + load, the first-run cost of a new machine. OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE are printed as found and never changed.
 """
 
@@ -311,7 +312,7 @@ def main() -> int:
         for text, engines in groups.items():
             print(f"  {CLIPS[clip][0]:<15}{'/'.join(engines):<24}{text!r}")
     print()
-    print("per stage (ms; encode and prefill per window, step = median decode step):")
+    print("per stage (ms; encode per window, prefill per call (a batch of windows), step = median decode step):")
     print(f"{'clip':<15}{'engine':<12}{'mel':>8}{'encode':>9}{'prefill':>9}{'step':>8}{'steps':>7}{'windows':>8}")
     for clip in args.clips:
         for engine in timed:

@@ -85,11 +85,14 @@ class DecodingOptions:
 
 
 # ----------------------------------------------------------------------------------------------
-# Logit filters: each edits the logits of one row in place, before the token is chosen.
+# Logit filters: each edits the logits of a transition in place, row by row, before the tokens are chosen.
+# As openai-whisper's: they get every row at once (one vectorised write, not a Python loop per row) and
+# each row's own sampled tokens.
 
 
 class LogitFilter:
-    def apply(self, logits: np.ndarray, sampled: Sequence[int]) -> None:  # [n_vocab] -> in place
+    def apply(self, logits: np.ndarray, tokens: Sequence[Sequence[int]]) -> None:
+        """logits [rows, n_vocab] in place; tokens[i]: row i's sampled tokens so far."""
         raise NotImplementedError
 
 
@@ -97,8 +100,8 @@ class SuppressTokens(LogitFilter):
     def __init__(self, ids: Sequence[int]) -> None:
         self.ids = np.asarray(sorted(set(ids)), dtype=np.int64)
 
-    def apply(self, logits: np.ndarray, sampled: Sequence[int]) -> None:
-        logits[self.ids] = -np.inf
+    def apply(self, logits: np.ndarray, tokens: Sequence[Sequence[int]]) -> None:
+        logits[:, self.ids] = -np.inf
 
 
 class SuppressBlank(LogitFilter):
@@ -107,9 +110,10 @@ class SuppressBlank(LogitFilter):
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.ids = np.asarray(tokenizer.encode(" ") + [tokenizer.eot], dtype=np.int64)
 
-    def apply(self, logits: np.ndarray, sampled: Sequence[int]) -> None:
-        if not sampled:
-            logits[self.ids] = -np.inf
+    def apply(self, logits: np.ndarray, tokens: Sequence[Sequence[int]]) -> None:
+        first = np.asarray([i for i, row in enumerate(tokens) if not row], dtype=np.int64)
+        if first.size:
+            logits[np.ix_(first, self.ids)] = -np.inf
 
 
 def suppression_ids(tokenizer: Tokenizer, spec: Sequence[int] | str | None) -> list[int]:
@@ -123,17 +127,20 @@ def suppression_ids(tokenizer: Tokenizer, spec: Sequence[int] | str | None) -> l
     return sorted(out)
 
 
-def filtered(filters: Sequence[LogitFilter], logits: np.ndarray, sampled: Sequence[int]) -> np.ndarray:
-    """The filtered float32 copy of one row's logits; NaN (a broken backend) never wins: it becomes -inf."""
-    out = np.nan_to_num(np.array(logits, dtype=np.float32), nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+def filtered(filters: Sequence[LogitFilter], logits: np.ndarray, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+    """The filtered float32 copy of logits [rows, n_vocab]; NaN (a broken backend) never wins: it becomes -inf."""
+    out = np.array(logits, dtype=np.float32)
+    nan = np.isnan(out)
+    if nan.any():  # (rare: checking is a tenth of the cost of nan_to_num on every row of every step)
+        out[nan] = -np.inf
     for f in filters:
-        f.apply(out, sampled)
+        f.apply(out, tokens)
     return out
 
 
 def apply_filters(filters: Sequence[LogitFilter], logits: np.ndarray, sampled: Sequence[int]) -> tuple[int, np.ndarray]:
-    """-> (the greedy token, the filtered float32 copy of the logits)."""
-    out = filtered(filters, logits, sampled)
+    """One row: logits [n_vocab] -> (the greedy token, the filtered float32 copy of the logits)."""
+    out = filtered(filters, logits[None], [sampled])[0]
     return int(np.argmax(out)), out
 
 
@@ -152,15 +159,17 @@ def log_softmax(x: np.ndarray) -> np.ndarray:  # [n] -> [n]
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
-def chosen_logprob(logits: np.ndarray, token: int) -> float:
-    """log_softmax(logits)[token], without a full float64 log_softmax per step.
+def chosen_logprobs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """log_softmax(logits[i])[tokens[i]] per row, without a full float64 log_softmax.
 
-    With m = max(logits), the answer is logits[token] - m - log(sum(exp(logits - m))): float32 exps of
+    With m = the row's max, the answer is logits[token] - m - log(sum(exp(logits - m))): float32 exps of
     values <= 0, summed in float64. It differs from the float64 log_softmax by ~1e-8 and costs a tenth of it.
-    # [n_vocab] float32, token -> float
+    # [rows, n_vocab] float32, [rows] -> [rows] float64
     """
-    m = logits.max()
-    return float(logits[token] - m) - float(np.log(np.exp(logits - m).sum(dtype=np.float64)))
+    m = logits.max(axis=1, keepdims=True)
+    z = np.log(np.exp(logits - m).sum(axis=1, dtype=np.float64))
+    picked = logits[np.arange(len(tokens)), tokens]
+    return (picked - m[:, 0]).astype(np.float64) - z
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,14 +243,14 @@ class _RowWise(TokenDecoder):
 
     row_wise = True
 
-    def pick(self, group: Group, row: Row, logits: np.ndarray) -> int:  # [n_vocab] -> token
+    def pick(self, group: Group, logits: np.ndarray) -> np.ndarray:  # [rows, n_vocab] -> [rows] tokens
         raise NotImplementedError
 
     def update(self, group: Group, logits: np.ndarray, eot: int) -> tuple[list[Choice], bool]:
+        tokens = self.pick(group, logits)
+        logprobs = chosen_logprobs(logits, tokens)
         choices = []
-        for j, row in enumerate(group.rows):
-            token = self.pick(group, row, logits[j])
-            logprob = chosen_logprob(logits[j], token)
+        for j, (row, token, logprob) in enumerate(zip(group.rows, tokens.tolist(), logprobs.tolist(), strict=True)):
             if token == eot:
                 group.candidates.append(Candidate(tuple(row.tokens), row.sum_logprob + logprob, "eot"))
             else:
@@ -252,8 +261,8 @@ class _RowWise(TokenDecoder):
 class Greedy(_RowWise):
     """The most probable token (openai-whisper's GreedyDecoder at temperature 0). NaN never wins."""
 
-    def pick(self, group: Group, row: Row, logits: np.ndarray) -> int:
-        return int(np.argmax(logits))
+    def pick(self, group: Group, logits: np.ndarray) -> np.ndarray:
+        return np.argmax(logits, axis=1)
 
 
 class Sampling(_RowWise):
@@ -266,13 +275,15 @@ class Sampling(_RowWise):
         self.temperature, self.rows, self.length_penalty = temperature, best_of, length_penalty
         self.rng = np.random.default_rng(seed)
 
-    def pick(self, group: Group, row: Row, logits: np.ndarray) -> int:
+    def pick(self, group: Group, logits: np.ndarray) -> np.ndarray:
         scaled = logits.astype(np.float64) / self.temperature
-        probs = np.exp(scaled - scaled.max())  # the best token has probability weight 1; -inf gets 0
-        cdf = np.cumsum(probs)
-        # one uniform draw per row and step, inverted through the CDF: a token whose weight underflows
-        # to 0 is never drawn, so as the temperature goes to 0 this is the argmax
-        return int(min(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+        weights = np.exp(scaled - scaled.max(axis=1, keepdims=True))  # the best token weighs 1; -inf weighs 0
+        cdf = np.cumsum(weights, axis=1)
+        # one uniform draw per row and step, inverted through the row's CDF: a token whose weight
+        # underflows to 0 is never drawn, so as the temperature goes to 0 this is the argmax
+        u = self.rng.random(len(logits)) * cdf[:, -1]
+        picked = [np.searchsorted(c, x, side="right") for c, x in zip(cdf, u, strict=True)]
+        return np.minimum(np.asarray(picked, dtype=np.int64), logits.shape[1] - 1)
 
     def rank(self, group: Group) -> Candidate:
         return rank(group.candidates, self.length_penalty)
@@ -286,9 +297,9 @@ class TeacherForcing(_RowWise):
     def __init__(self, tokens: list[int], eot: int) -> None:
         self.tokens, self.eot = tokens, eot
 
-    def pick(self, group: Group, row: Row, logits: np.ndarray) -> int:
-        i = len(row.tokens)
-        return self.tokens[i] if i < len(self.tokens) else self.eot
+    def pick(self, group: Group, logits: np.ndarray) -> np.ndarray:
+        return np.asarray([self.tokens[len(r.tokens)] if len(r.tokens) < len(self.tokens) else self.eot
+                           for r in group.rows], dtype=np.int64)
 
 
 class BeamSearch(TokenDecoder):
@@ -309,9 +320,11 @@ class BeamSearch(TokenDecoder):
     def update(self, group: Group, logits: np.ndarray, eot: int) -> tuple[list[Choice], bool]:
         scores: dict[tuple[int, ...], float] = {}
         sources: dict[tuple[int, ...], tuple[int, float]] = {}
+        k = min(self.rows + 1, logits.shape[1])
         for j, row in enumerate(group.rows):
             logprobs = log_softmax(logits[j].astype(np.float64))
-            best = np.argsort(-logprobs, kind="stable")[: self.rows + 1]
+            best = np.argpartition(-logprobs, k - 1)[:k]  # the k best, then in order (lower id first on ties)
+            best = best[np.lexsort((best, -logprobs[best]))]
             for token in best:
                 sequence = (*row.tokens, int(token))
                 # identical rows (the first step) propose identical sequences: one entry, the last source
@@ -478,7 +491,6 @@ class BatchRun:
         self.state = State.START
         self.kv: list[Any] = []
         self.logits: np.ndarray | None = None  # raw logits [rows, n_vocab] of the last transition
-        self.live: list[Group] = []  # the group of each row of the batch, in batch order
         self.steps = 0
         self.events: list[TraceEvent] = []
 
@@ -545,13 +557,14 @@ class BatchRun:
         offset = 0
         for g in [g for g in self.groups if not g.done]:
             rows = g.rows
-            scores = np.stack([filtered(d.filters, logits[offset + j], r.tokens) for j, r in enumerate(rows)])
+            scores = filtered(d.filters, logits[offset : offset + len(rows)], [r.tokens for r in rows])
             before = len(g.candidates)
             choices, done = self.strategy.update(g, scores, eot)
             if first is None:  # the trace's one-row column: row 0's choice, or EOT (beams: the best beam)
                 c0 = next((c for c in choices if c.source == 0), None) if self.strategy.row_wise else \
                     (choices[0] if choices else None)
-                first = (scores[0], c0.token, c0.logprob) if c0 else (scores[0], eot, chosen_logprob(scores[0], eot))
+                first = ((scores[0], c0.token, c0.logprob) if c0 else
+                         (scores[0], eot, float(chosen_logprobs(scores[:1], np.asarray([eot]))[0])))
             new_rows = [Row([*rows[c.source].tokens, c.token], c.score) for c in choices]
             if not done and new_rows and len(new_rows[0].tokens) >= d.sample_len:
                 done = True  # the budget is spent: openai-whisper's loop runs sample_len times

@@ -1,8 +1,9 @@
 """The TVM backend against the numpy reference.
 
 A handful of small model shapes is compiled once per session (a few seconds each, into a cache under
-pytest's tmp folder); hypothesis then draws weights, mels and start sequences for them, and the real
-tiny.en is verified on every shared clip (the slow tier; the fast tier verifies one short clip).
+pytest's tmp folder); hypothesis then draws weights, mels, start sequences and batches of rows (the rows
+sharing audio windows or not) for them, and the real tiny.en is verified on every shared clip (the slow
+tier; the fast tier verifies one short clip).
 Greedy agreement is `verify`'s: one tolerance, one tie rule. Skipped only when tvm is not installed.
 """
 
@@ -22,7 +23,7 @@ pytest.importorskip("tvm")
 
 from whisperkv.backends.tvm import TVMBackend  # noqa: E402
 from whisperkv.backends.tvm import compile as tvm_compile  # noqa: E402
-from whisperkv.backends.tvm.model import ModelConfig  # noqa: E402
+from whisperkv.backends.tvm.model import ModelConfig, max_token_rows  # noqa: E402
 from whisperkv.reference import kv as kvslots  # noqa: E402
 from whisperkv.reference.checks.verify import Tolerance, verify  # noqa: E402
 from whisperkv.reference.decoding import DecodingOptions  # noqa: E402
@@ -119,11 +120,14 @@ def test_encoder_matches_reference(libraries, name: str, seed: int) -> None:
 def test_prefill_matches_reference(libraries, name: str, seed: int, data: st.DataObject) -> None:
     tvm_model, ref = make_pair(libraries, name, seed)
     d = ref.dims
-    tokens = data.draw(st.lists(st.integers(0, d.n_vocab - 1), min_size=1, max_size=min(5, d.n_text_ctx)))
-    # The same audio features for both, so only prefill is under test.
-    features = ref.encode(random_mel(d, seed))
-    logits, kv = tvm_model.prefill(tokens, tvm_model.from_numpy(features), tvm_model.zero_kv())
-    want_logits, want_kv = ref.prefill(tokens, features, ref.zero_kv())
+    rows = data.draw(st.integers(1, 4), label="rows")
+    tokens = draw_tokens(data, d, (rows, data.draw(st.integers(1, min(5, d.n_text_ctx)), label="start length")))
+    # The same audio features for both, so only prefill is under test; rows may share a window.
+    windows = draw_windows(data, rows)
+    features = {w: ref.encode(random_mel(d, seed + w)) for w in set(windows)}
+    native = {w: tvm_model.from_numpy(f) for w, f in features.items()}
+    logits, kv = tvm_model.prefill(tokens, [native[w] for w in windows], tvm_model.zero_kv(rows))
+    want_logits, want_kv = ref.prefill(tokens, [features[w] for w in windows], ref.zero_kv(rows))
     assert_close(logits, want_logits, "prefill logits")
     assert len(kv) == kvslots.n_slots(d.n_text_layer)
     for i, (got, want) in enumerate(zip(kv, want_kv, strict=True)):
@@ -135,18 +139,171 @@ def test_prefill_matches_reference(libraries, name: str, seed: int, data: st.Dat
 def test_step_matches_reference(libraries, name: str, seed: int, data: st.DataObject) -> None:
     tvm_model, ref = make_pair(libraries, name, seed)
     d = ref.dims
+    rows = data.draw(st.integers(1, 4), label="rows")
     past = data.draw(st.integers(0, d.n_text_ctx - 1), label="past length")
-    token = data.draw(st.integers(0, d.n_vocab - 1), label="token")
-    # Slots from the reference (random past self K/V, cross K/V from random audio): only step is under test.
+    tokens = draw_tokens(data, d, (rows,))
+    # Slots from numpy (random past self K/V and cross K/V, every row its own): only step is under test, and
+    # plain tensors are taken where the backend's own cross slots would be.
     rng = np.random.default_rng(seed)
-    kv = [rng.standard_normal(kvslots.slot_shape(d, i, past)).astype(np.float32)
+    kv = [rng.standard_normal(kvslots.slot_shape(d, i, past, rows)).astype(np.float32)
           for i in range(kvslots.n_slots(d.n_text_layer))]
-    logits, present = tvm_model.step(token, [tvm_model.from_numpy(s) for s in kv])
-    want_logits, want_present = ref.step(token, kv)
+    logits, present = tvm_model.step(tokens, [tvm_model.from_numpy(s) for s in kv])
+    want_logits, want_present = ref.step(tokens, kv)
     assert_close(logits, want_logits, "step logits")
     assert len(present) == 2 * d.n_text_layer
     for got, want in zip(present, want_present, strict=True):
         assert_close(tvm_model.to_numpy(got), want, "present self slot")
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows: a batch is its rows side by side, select picks rows
+
+
+def draw_tokens(data: st.DataObject, dims: ModelDims, shape: tuple[int, ...]) -> np.ndarray:
+    size = int(np.prod(shape))
+    ids = data.draw(st.lists(st.integers(0, dims.n_vocab - 1), min_size=size, max_size=size), label="tokens")
+    return np.asarray(ids, dtype=np.int64).reshape(shape)
+
+
+def draw_windows(data: st.DataObject, rows: int) -> list[int]:
+    """The audio window of each row: rows that draw the same one share its features (as beams do)."""
+    return data.draw(st.lists(st.integers(0, rows - 1), min_size=rows, max_size=rows), label="window of each row")
+
+
+def decode_batch(backend: TVMBackend, dims: ModelDims, tokens: np.ndarray, features: list, steps: np.ndarray
+                 ) -> tuple[list[np.ndarray], list]:
+    """Prefill tokens (B, n) with B features, then one step per column of steps (B, k): the logits of each
+    call (B, n, n_vocab) then (B, n_vocab), and the final slots."""
+    logits, kv = backend.prefill(tokens, features, backend.zero_kv(len(tokens)))
+    assert logits.shape == (*tokens.shape, dims.n_vocab)
+    out = [logits]
+    for column in steps.T:
+        logits, present = backend.step(column, kv)
+        assert logits.shape == (len(tokens), dims.n_vocab)
+        kv = kvslots.remap_present(kv, present)
+        out.append(logits)
+    return out, kv
+
+
+@SETTINGS
+@given(name=configs, seed=seeds, data=st.data())
+def test_a_batch_is_its_rows_side_by_side(libraries, name: str, seed: int, data: st.DataObject) -> None:
+    """Row b of a batch of N gets the logits and slots it gets on its own, through prefill and several
+    steps: no row reads another's tokens, slots or audio (one batch mixes rows of shared and own windows;
+    N single rows go through the one-row-at-a-time linears, most batches through the row tiles)."""
+    tvm_model, ref = make_pair(libraries, name, seed)
+    d = ref.dims
+    rows = data.draw(st.integers(1, 4), label="rows")
+    n = data.draw(st.integers(1, min(4, d.n_text_ctx - 1)), label="start length")
+    tokens = draw_tokens(data, d, (rows, n))
+    steps = draw_tokens(data, d, (rows, data.draw(st.integers(1, min(3, d.n_text_ctx - n)), label="steps")))
+    windows = draw_windows(data, rows)
+    features = {w: tvm_model.encode(random_mel(d, seed + w)) for w in set(windows)}
+    batch_logits, batch_kv = decode_batch(tvm_model, d, tokens, [features[w] for w in windows], steps)
+    for r in range(rows):
+        one_logits, one_kv = decode_batch(tvm_model, d, tokens[r : r + 1], [features[windows[r]]], steps[r : r + 1])
+        for call, (got, want) in enumerate(zip(batch_logits, one_logits, strict=True)):
+            assert_close(got[r], want[0], f"row {r} of {rows}, call {call}: logits")
+        for i, (got, want) in enumerate(zip(batch_kv, one_kv, strict=True)):
+            assert_close(tvm_model.to_numpy(got)[r], tvm_model.to_numpy(want)[0],
+                         f"row {r} of {rows}: slot {kvslots.slot_name(i)}")
+
+
+@SETTINGS
+@given(name=configs, seed=seeds, data=st.data())
+def test_select_returns_exactly_the_rows_asked_for(libraries, name: str, seed: int, data: st.DataObject) -> None:
+    """Any rows in any order, repeats allowed, from the backend's own slots (after prefill and a step) or from
+    numpy ones; and a select of a select. A copy: exact equality."""
+    tvm_model, _ = make_pair(libraries, name, seed)
+    d = tvm_model.dims
+    batch = data.draw(st.integers(1, 4), label="rows")
+    if data.draw(st.booleans(), label="slots from prefill and a step"):
+        windows = draw_windows(data, batch)
+        features = {w: tvm_model.encode(random_mel(d, seed + w)) for w in set(windows)}
+        tokens = draw_tokens(data, d, (batch, 2))
+        _, kv = decode_batch(tvm_model, d, tokens[:, :1], [features[w] for w in windows], tokens[:, 1:])
+    else:
+        rng = np.random.default_rng(seed)
+        past = data.draw(st.integers(0, d.n_text_ctx), label="past length")
+        kv = [tvm_model.from_numpy(rng.standard_normal(kvslots.slot_shape(d, i, past, batch)).astype(np.float32))
+              for i in range(kvslots.n_slots(d.n_text_layer))]
+    before = [tvm_model.to_numpy(s) for s in kv]
+    rows = data.draw(st.lists(st.integers(0, batch - 1), min_size=1, max_size=6), label="rows to select")
+    picked = tvm_model.select(kv, rows)
+    assert kvslots.batch_size(picked) == len(rows)
+    for i, slot in enumerate(picked):
+        assert slot.shape == (len(rows), *before[i].shape[1:])
+        assert np.array_equal(tvm_model.to_numpy(slot), before[i][rows]), kvslots.slot_name(i)
+    again = data.draw(st.lists(st.integers(0, len(rows) - 1), min_size=1, max_size=6), label="rows of the rows")
+    for i, slot in enumerate(tvm_model.select(picked, again)):
+        assert np.array_equal(tvm_model.to_numpy(slot), before[i][rows][again]), kvslots.slot_name(i)
+    for i, slot in enumerate(kv):  # slots are never written: the source batch is unchanged
+        assert np.array_equal(tvm_model.to_numpy(slot), before[i])
+
+
+def test_select_refuses_rows_outside_the_batch(libraries) -> None:
+    tvm_model, _ = make_pair(libraries, "odd", 0)
+    kv = tvm_model.zero_kv(2)
+    for rows in ([2], [0, -1], []):
+        with pytest.raises(ValueError, match="select"):
+            tvm_model.select(kv, rows)
+
+
+@SETTINGS
+@given(name=configs, seed=seeds, data=st.data())
+def test_batched_decoding_matches_reference(libraries, name: str, seed: int, data: st.DataObject) -> None:
+    """Prefill, steps, a select that reorders, repeats and drops rows, more steps: the batched TVM logits and
+    slots against the batched numpy reference at every call."""
+    tvm_model, ref = make_pair(libraries, name, seed)
+    d = ref.dims
+    rows = data.draw(st.integers(1, 4), label="rows")
+    n = data.draw(st.integers(1, min(3, d.n_text_ctx - 2)), label="start length")
+    tokens = draw_tokens(data, d, (rows, n))
+    windows = draw_windows(data, rows)
+    features = {w: ref.encode(random_mel(d, seed + w)) for w in set(windows)}
+    native = {w: tvm_model.from_numpy(f) for w, f in features.items()}
+    got, kv = tvm_model.prefill(tokens, [native[w] for w in windows], tvm_model.zero_kv(rows))
+    want, ref_kv = ref.prefill(tokens, [features[w] for w in windows], ref.zero_kv(rows))
+    assert_close(got, want, "prefill logits")
+    budget = d.n_text_ctx - n
+    for call in range(min(4, budget)):
+        if call == 1:
+            picked = data.draw(st.lists(st.integers(0, rows - 1), min_size=1, max_size=5), label="select")
+            kv, ref_kv = tvm_model.select(kv, picked), ref.select(ref_kv, picked)
+        step = draw_tokens(data, d, (kvslots.batch_size(ref_kv),))
+        (got, present), (want, ref_present) = tvm_model.step(step, kv), ref.step(step, ref_kv)
+        assert_close(got, want, f"step {call} logits")
+        kv, ref_kv = kvslots.remap_present(kv, present), kvslots.remap_present(ref_kv, ref_present)
+    for i, (slot, want_slot) in enumerate(zip(kv, ref_kv, strict=True)):
+        assert_close(tvm_model.to_numpy(slot), want_slot, f"slot {kvslots.slot_name(i)}")
+
+
+def test_malformed_calls_are_refused(libraries) -> None:
+    tvm_model, ref = make_pair(libraries, "odd", 0)
+    d = tvm_model.dims
+    features = tvm_model.from_numpy(ref.encode(random_mel(d, 0)))
+    with pytest.raises(ValueError, match=r"prefill expects integer tokens of shape \(B, n\)"):
+        tvm_model.prefill([1, 2], [features], tvm_model.zero_kv())  # the batch-1 API of the seed
+    with pytest.raises(ValueError, match="2 rows of tokens but 1 audio features"):
+        tvm_model.prefill(np.ones((2, 2), np.int64), [features], tvm_model.zero_kv(2))
+    with pytest.raises(ValueError, match="every slot needs 2 rows"):
+        tvm_model.prefill(np.ones((2, 2), np.int64), [features, features], tvm_model.zero_kv(1))
+    _, kv = tvm_model.prefill(np.ones((1, 2), np.int64), [features], tvm_model.zero_kv())
+    with pytest.raises(ValueError, match=r"step expects integer tokens of shape \(B,\)"):
+        tvm_model.step(np.ones((1, 1), np.int64), kv)
+    with pytest.raises(ValueError, match="every slot needs 3 rows"):
+        tvm_model.step(np.ones(3, np.int64), kv)
+    with pytest.raises(ValueError, match="out of range"):
+        tvm_model.step(np.asarray([d.n_vocab]), kv)
+
+
+def test_more_token_rows_than_the_library_plans_for_are_refused(libraries) -> None:
+    # decode's intermediates are planned for MAX_PLANNED_BATCH rows of n_text_ctx tokens; past that TVM
+    # itself would refuse the call with a storage error, this says what to do
+    tvm_model, _ = make_pair(libraries, "odd", 0)
+    rows = max_token_rows(tvm_model.dims) + 1
+    with pytest.raises(ValueError, match="split the batch"):
+        tvm_model.step(np.zeros(rows, np.int64), tvm_model.zero_kv(rows))
 
 
 # ----------------------------------------------------------------------------------------------

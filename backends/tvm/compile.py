@@ -35,7 +35,7 @@ from ..cache import NotCachedError, cache_dir, cached, check_record, elf_problem
 from . import threads  # noqa: F401  (sets TVM_NUM_THREADS before tvm is imported)
 from .model import ModelConfig, build_module
 
-LIBRARY_FORMAT = 1  # bump when the calling convention between backend.py and the library changes
+LIBRARY_FORMAT = 2  # bump when the calling convention between backend.py and the library changes (2: rows)
 
 
 class LibraryMismatchError(InputError):

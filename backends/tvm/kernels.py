@@ -112,6 +112,15 @@ def _vectorize_inner(sch: s_tir.Schedule, block: str, width: int | None = None) 
         sch.vectorize(loops[-1])
 
 
+# Rows of the decoder's row tiles: ROW_TILE x (nb / ROW_VEC) accumulators, 3 x 4 = 12 of AVX2's 16 vector
+# registers for a 32-column block, plus one widened weight vector and three broadcast inputs. tiny.en's
+# logits for 6 rows (Zen 3): 4.0 ms against 5.2 ms streaming one row at a time on one thread, 2.2 against
+# 2.4 ms on two. Both are bound by arithmetic there, not by the weights (a streaming pass re-reads them
+# from L2): 6 rows are 6 x 20 M multiply-adds, and each fp16 -> fp32 widening takes an FMA port's turn.
+ROW_TILE = 3
+ROW_VEC = 8  # float32 lanes of an AVX2 vector; on AVX-512 the same code uses half-width registers
+
+
 def gemv_blocks(blocks: int) -> int:
     """Column blocks a decoder gemv computes together: 4, 2 or 1, keeping the number of parallel tasks
     even (two threads) or large."""
@@ -140,24 +149,32 @@ def gemm(
     nb: int,
     mb: int = 6,
     batched_output: bool | None = None,
+    row_tile: int | None = None,
 ) -> tirx.PrimFunc:
     """A register-blocked gemm with a fused epilogue.
 
     Static m (encoder, cross K/V): mb x nb tiles, serial over chunks of columns whose weights fit L2,
     parallel over m tiles within a chunk (see n_chunk); m is padded to a multiple of mb by clamping the
     A row (the extra rows are computed and dropped), because a predicated tail inside the k loop costs
-    ~20x. Symbolic m (decoder: a few tokens): parallel over groups of gemv_blocks(n / nb) column blocks,
-    one row at a time: a streaming gemv that reads each weight once per row.
-    The output is (batch, m, n), or (m, n) when batch == 1 unless batched_output.
+    ~20x. Symbolic m (decoder: B rows of n tokens) has two schedules, both parallel over column blocks:
+    - row_tile (several rows): tiles of row_tile rows x one nb block, rows innermost: each weight
+      vector is loaded (and widened from fp16) once per tile and used by all of its rows, so B rows
+      cost one pass over the weights, not B. The last tile's extra rows are clamped, as above.
+    - no row_tile: a streaming gemv over groups of gemv_blocks(n / nb) blocks, one row at a time. For
+      a single row it does a third of the work of a tile (whose clamped rows are computed anyway).
+    The output is (batch, m, n), or (m, n) when batch == 1 unless batched_output (batch may be symbolic
+    with static m: then pass batched_output).
     """
     if n % nb:
         raise ValueError(f"{name}: n={n} is not a multiple of the column block {nb}")
     rk = te.reduce_axis((0, k), name="k")
     static_m = isinstance(m, int)
-    m_pad = _ceil_to(m, mb) if static_m else m
+    tile = mb if static_m else row_tile
+    m_pad = _ceil_to(m, tile) if tile else m
+    clamp = tile is not None and not (static_m and m_pad == m)
 
     def row(mi: tirx.Expr) -> tirx.Expr:
-        return tirx.min(mi, m - 1) if static_m and m_pad != m else mi
+        return tirx.min(mi, m - 1) if clamp else mi
 
     acc = te.compute(
         (batch, m_pad, n),
@@ -186,6 +203,18 @@ def gemm(
         sch.unroll(mi)
         sch.vectorize(ni)
         sch.reverse_compute_at(sch.get_sblock("out"), no)
+    elif row_tile:
+        # One block per task (one sequential weight stream). Per k: nb / vec weight vectors, each widened
+        # once and multiplied into the row_tile rows' accumulators (row_tile x nb / vec registers).
+        vec = ROW_VEC if nb % ROW_VEC == 0 else nb
+        no, nv, ni = sch.split(ln, [None, nb // vec, vec])
+        mo, mi = sch.split(lm, [None, row_tile])
+        sch.reorder(lb, no, mo, lk, nv, mi, ni)
+        sch.parallel(sch.fuse(lb, no))
+        sch.unroll(nv)
+        sch.unroll(mi)
+        sch.vectorize(ni)
+        sch.reverse_compute_at(sch.get_sblock("out"), mo)
     else:
         # nblk column blocks side by side: 2 * nblk independent accumulators, so the k loop is not one
         # FMA-latency chain per block (a single 32-column block ran the logits gemv at 11 GB/s).
@@ -268,51 +297,57 @@ def decoder_attention(
     name: str, n_head: int, head_dim: int, n_q: tirx.Var, kv_len: int | tirx.Var, q_width: int, q_offset: int,
     causal: bool,
 ) -> tirx.PrimFunc:
-    """q (n_q, q_width) with head h at columns q_offset + h*head_dim; K, V (1, n_head, kv_len, head_dim)
-    -> (n_q, n_head * head_dim). Causal: query i sits at position kv_len - n_q + i."""
-    c = n_head * head_dim
+    """q (B, n_q, q_width) with head h at columns q_offset + h*head_dim; K, V (B, n_head, kv_len, head_dim)
+    -> (B, n_q, n_head * head_dim): row b attends to its own K, V only. Causal: query i sits at position
+    kv_len - n_q + i. (The decoder's self attention; cross attention: `cross_attention`.)"""
+    # int64 extents throughout: the (head, row) loops are fused, and a Cast between int32 and int64 loop
+    # variables would make the fused binding non-affine
+    c = tirx.IntImm("int64", n_head * head_dim)
+    batch = tirx.Var("b", "int64")
+    n_head = tirx.IntImm("int64", n_head)
     scale = _f(1.0 / math.sqrt(head_dim))  # = (d^-1/4)^2, the reference's split scaling
-    q = te.placeholder((n_q, q_width), F32, name="q")
-    kc = te.placeholder((1, n_head, kv_len, head_dim), F32, name="k")
-    vc = te.placeholder((1, n_head, kv_len, head_dim), F32, name="v")
+    q = te.placeholder((batch, n_q, q_width), F32, name="q")
+    kc = te.placeholder((batch, n_head, kv_len, head_dim), F32, name="k")
+    vc = te.placeholder((batch, n_head, kv_len, head_dim), F32, name="v")
     lanes = 16 if head_dim % 16 == 0 else nb_for(head_dim)
     rdc = te.reduce_axis((0, head_dim // lanes), name="dc")
     # Partial dot products, `lanes` wide, so the reduction over head_dim vectorizes.
     part = te.compute(
-        (n_head, n_q, kv_len, lanes),
-        lambda h, i, j, la: te.sum(
-            q[i, q_offset + h * head_dim + rdc * lanes + la] * kc[0, h, j, rdc * lanes + la], axis=rdc),
+        (batch, n_head, n_q, kv_len, lanes),
+        lambda b, h, i, j, la: te.sum(
+            q[b, i, q_offset + h * head_dim + rdc * lanes + la] * kc[b, h, j, rdc * lanes + la], axis=rdc),
         name="part",
     )
     rl = te.reduce_axis((0, lanes), name="la")
     past = kv_len - n_q
 
-    sraw = te.compute((n_head, n_q, kv_len), lambda h, i, j: te.sum(part[h, i, j, rl], axis=rl), name="sraw")
+    sraw = te.compute((batch, n_head, n_q, kv_len), lambda b, h, i, j: te.sum(part[b, h, i, j, rl], axis=rl),
+                      name="sraw")
 
-    def masked(h, i, j):
-        v = sraw[h, i, j] * scale
+    def masked(b, h, i, j):
+        v = sraw[b, h, i, j] * scale
         return tirx.Select(j > past + i, _f(-math.inf), v) if causal else v
 
-    s = te.compute((n_head, n_q, kv_len), masked, name="s")
+    s = te.compute((batch, n_head, n_q, kv_len), masked, name="s")
     rj = te.reduce_axis((0, kv_len), name="j")
-    mx = te.compute((n_head, n_q), lambda h, i: te.max(s[h, i, rj], axis=rj), name="mx")
-    e = te.compute((n_head, n_q, kv_len), lambda h, i, j: fast_exp(s[h, i, j] - mx[h, i]), name="e")
+    mx = te.compute((batch, n_head, n_q), lambda b, h, i: te.max(s[b, h, i, rj], axis=rj), name="mx")
+    e = te.compute((batch, n_head, n_q, kv_len), lambda b, h, i, j: fast_exp(s[b, h, i, j] - mx[b, h, i]), name="e")
     rj2 = te.reduce_axis((0, kv_len), name="j2")
-    tot = te.compute((n_head, n_q), lambda h, i: te.sum(e[h, i, rj2], axis=rj2), name="tot")
-    prob = te.compute((n_head, n_q, kv_len), lambda h, i, j: e[h, i, j] / tot[h, i], name="prob")
+    tot = te.compute((batch, n_head, n_q), lambda b, h, i: te.sum(e[b, h, i, rj2], axis=rj2), name="tot")
+    prob = te.compute((batch, n_head, n_q, kv_len), lambda b, h, i, j: e[b, h, i, j] / tot[b, h, i], name="prob")
     rj3 = te.reduce_axis((0, kv_len), name="j3")
     out = te.compute(
-        (n_q, c),
-        lambda i, ch: te.sum(prob[ch // head_dim, i, rj3] * vc[0, ch // head_dim, rj3, ch % head_dim], axis=rj3),
+        (batch, n_q, c),
+        lambda b, i, ch: te.sum(prob[b, ch // head_dim, i, rj3] * vc[b, ch // head_dim, rj3, ch % head_dim], axis=rj3),
         name="out",
     )
     sch = s_tir.Schedule(te.create_prim_func([q, kc, vc, out]))
     ob = sch.get_sblock("out")
-    li, lc, lj = sch.get_loops(ob)
+    lb, li, lc, lj = sch.get_loops(ob)
     lh, ld = sch.split(lc, [n_head, head_dim])
-    sch.reorder(lh, li, lj, ld)
-    # Parallel over heads only: fusing in the symbolic query count would make the loop non-affine.
-    sch.parallel(lh)
+    sch.reorder(lh, lb, li, lj, ld)
+    # Parallel over (head, row) pairs. (Fusing in the symbolic query count would make the loop non-affine.)
+    sch.parallel(sch.fuse(lh, lb))
     row = li
     if head_dim % 16 == 0:
         sch.vectorize(sch.split(ld, [None, 16])[1])
@@ -324,6 +359,101 @@ def decoder_attention(
     if lanes >= 4:
         sch.vectorize(sch.get_loops(sch.get_sblock("part"))[-1])
     sch.decompose_reduction(ob, lj)
+    return _finish(sch, name)
+
+
+KEY_BLOCK = 16  # keys (and values) of a cross-attention block: 16 x 64 floats = 4 KB, in L1 for every row
+
+
+def cross_attention(name: str, n_head: int, head_dim: int, n_audio: int) -> tirx.PrimFunc:
+    """q (B, n, n_head * head_dim), head h at columns h*head_dim; K, V (G, n_head, n_audio, head_dim), the
+    cross K/V of G windows; rows (B,) int32, the window of each row -> (B, n, n_head * head_dim).
+
+    One task per head, every row of the call inside it: keys, then values, in blocks of KEY_BLOCK, each
+    block read once and used by the queries of all rows before the next. Rows that decode the same window
+    (beams, samples) read its K, V from L1, not once each from L3 as (head, row) tasks did: tiny.en, 6 rows
+    of one window, one thread: 0.4 ms a layer, against 0.7 ms (one row: 0.1 ms). The keys are padded to a
+    multiple of LANES, so the softmax runs in vectors: a padded key reads the last one and is masked to -inf
+    (0 after the exp)."""
+    # int64 extents throughout (see decoder_attention)
+    c = tirx.IntImm("int64", n_head * head_dim)
+    batch, n_q, windows = tirx.Var("b", "int64"), tirx.Var("n", "int64"), tirx.Var("g", "int64")
+    n_head = tirx.IntImm("int64", n_head)
+    scale = _f(1.0 / math.sqrt(head_dim))
+    q = te.placeholder((batch, n_q, c), F32, name="q")
+    kc = te.placeholder((windows, n_head, n_audio, head_dim), F32, name="k")
+    vc = te.placeholder((windows, n_head, n_audio, head_dim), F32, name="v")
+    rows = te.placeholder((batch,), "int32", name="rows")
+    tp = _ceil_to(n_audio, LANES)
+
+    def kv(t: te.Tensor, b: tirx.Expr, h: tirx.Expr, j: tirx.Expr, d: tirx.Expr) -> tirx.Expr:
+        return t[rows[b].astype("int64"), h, tirx.min(j, n_audio - 1), d]
+
+    # partial dot products over ROW_VEC lanes (one AVX2 vector): each key's score is then a sum of 8 lanes
+    lanes = ROW_VEC if head_dim % ROW_VEC == 0 else nb_for(head_dim, ROW_VEC)
+    rdc = te.reduce_axis((0, head_dim // lanes), name="dc")
+    part = te.compute(  # partial dot products, `lanes` wide, so the reduction over head_dim vectorizes
+        (batch, n_head, n_q, tp, lanes),
+        lambda b, h, i, j, la: te.sum(q[b, i, h * head_dim + rdc * lanes + la] * kv(kc, b, h, j, rdc * lanes + la),
+                                      axis=rdc),
+        name="part",
+    )
+    rl = te.reduce_axis((0, lanes), name="la")
+    sraw = te.compute((batch, n_head, n_q, tp), lambda b, h, i, j: te.sum(part[b, h, i, j, rl], axis=rl),
+                      name="sraw")
+    s = te.compute((batch, n_head, n_q, tp),
+                   lambda b, h, i, j: tirx.Select(j >= n_audio, _f(-math.inf), sraw[b, h, i, j] * scale), name="s")
+
+    def reduce_keys(nm: str, value: AFn, combine) -> te.Tensor:
+        # over the keys of each (row, head, query): LANES partials first (vectorizable), then the partials
+        rc = te.reduce_axis((0, tp // LANES), name=nm + "_c")
+        partial = te.compute((batch, n_head, n_q, LANES),
+                             lambda b, h, i, la: combine(value(b, h, i, rc * LANES + la), axis=rc), name=nm + "_part")
+        rla = te.reduce_axis((0, LANES), name=nm + "_l")
+        return te.compute((batch, n_head, n_q), lambda b, h, i: combine(partial[b, h, i, rla], axis=rla), name=nm)
+
+    mx = reduce_keys("mx", lambda b, h, i, j: s[b, h, i, j], te.max)
+    e = te.compute((batch, n_head, n_q, tp), lambda b, h, i, j: fast_exp(s[b, h, i, j] - mx[b, h, i]), name="e")
+    tot = reduce_keys("tot", lambda b, h, i, j: e[b, h, i, j], te.sum)
+    prob = te.compute((batch, n_head, n_q, tp), lambda b, h, i, j: e[b, h, i, j] / tot[b, h, i], name="prob")
+    rj = te.reduce_axis((0, tp), name="j")  # padded keys have probability 0
+    out = te.compute(
+        (batch, n_q, c),
+        lambda b, i, ch: te.sum(prob[b, ch // head_dim, i, rj] * kv(vc, b, ch // head_dim, rj, ch % head_dim),
+                                axis=rj),
+        name="out",
+    )
+    sch = s_tir.Schedule(te.create_prim_func([q, kc, vc, rows, out]))
+    # P @ V: (head | value block | row, query | value, head_dim)
+    ob = sch.get_sblock("out")
+    lb, li, lc, lj = sch.get_loops(ob)
+    lh, ld = sch.split(lc, [n_head, head_dim])
+    ljo, lji = sch.split(lj, [None, KEY_BLOCK])
+    sch.reorder(lh, ljo, lb, li, lji, ld)
+    sch.parallel(lh)
+    if head_dim % LANES == 0:
+        sch.vectorize(sch.split(ld, [None, LANES])[1])
+    for blk in ("prob", "tot", "tot_part", "e", "mx", "mx_part", "s", "sraw"):
+        sch.compute_at(sch.get_sblock(blk), lh)
+    # scores: (key block | row, query | key), each key's partial dot products computed where it is reduced
+    sb = sch.get_sblock("sraw")
+    l_b, l_i, l_j, l_la = sch.get_loops(sb)[-4:]
+    l_jo, l_ji = sch.split(l_j, [None, KEY_BLOCK])
+    sch.reorder(l_jo, l_b, l_i, l_ji, l_la)
+    sch.compute_at(sch.get_sblock("part"), l_ji)
+    if head_dim // lanes > 1:
+        l_lane, l_dc = sch.get_loops(sch.get_sblock("part"))[-2:]
+        sch.reorder(l_dc, l_lane)  # lanes innermost: one vector FMA per chunk of head_dim
+    if lanes >= 4:
+        sch.vectorize(sch.get_loops(sch.get_sblock("part"))[-1])
+    for blk in ("s", "e", "prob"):
+        _vectorize_inner(sch, blk, LANES)
+    for blk in ("mx_part", "tot_part"):  # (lane, chunk) -> chunks outer, lanes inner and vectorized
+        if tp // LANES > 1:  # (a unit loop over chunks is dropped by compute_at)
+            la, ch = sch.get_loops(sch.get_sblock(blk))[-2:]
+            sch.reorder(ch, la)
+        sch.vectorize(sch.get_loops(sch.get_sblock(blk))[-1])
+    sch.decompose_reduction(ob, ljo)
     return _finish(sch, name)
 
 

@@ -1,17 +1,25 @@
-"""Whisper as a Relax module: `encode`, `cross_kv` and `decode`, built from the kernels in kernels.py.
+"""Whisper as a Relax module: `encode`, `cross_kv`, `decode` and `gather_rows`, built from the kernels in
+kernels.py.
 
-Three functions, all taking their weights as parameters (so one compiled library serves every
-checkpoint of the same dims, and the `.so` stays small):
+All functions take their weights as parameters (so one compiled library serves every checkpoint of the
+same dims, and the `.so` stays small):
 
     encode(mel [1, n_mels, 2T], *encoder params)            -> audio features [1, T, C]
-    cross_kv(audio [1, T, C], *cross params)                 -> 2L cross slots [1, H, T, D] (K, V per layer)
-    decode(tokens [n], 2L self slots [1, H, p, D], 2L cross slots, *decoder params)
-        -> (logits [n, V_pad], 2L present self slots [1, H, p + n, D])
+    cross_kv(audio [G, T, C], *cross params)                 -> 2L cross slots [G, H, T, D] (K, V per layer)
+    decode(tokens [B, n], 2L self slots [B, H, p, D], 2L cross slots [G, H, T, D], cross_rows [B] int32,
+           *decoder params) -> (logits [B * n, V_pad], 2L present self slots [B, H, p + n, D])
+    decode_row(...): `decode` with one-row-at-a-time linears (same signature, for B * n < ROW_TILE)
+    gather_rows(rows [R] int32, 2L slots [B, H, S, D])      -> 2L slots [R, H, S, D], row i = rows[i]
 
-with T = n_audio_ctx, C = n_*_state, H heads of D = C / H, L = n_text_layer, and symbolic n (tokens this
-call) and p (past self length): prefill is `cross_kv` + `decode` with p = 0, a step is `decode` with
-n = 1. Self/cross slots follow reference/kv.py: K stored unscaled, the d^-1/2 scale is applied inside
-the attention (the reference splits it as d^-1/4 on q and on k: equal up to float rounding).
+with T = n_audio_ctx, C = n_*_state, H heads of D = C / H, L = n_text_layer, and symbolic B (rows decoded
+side by side), n (tokens this call), p (past self length, shared by all rows), G (distinct windows), R and
+S: prefill is `cross_kv` + `decode` with p = 0, a step is `decode` with n = 1. Row b of every output
+depends on row b of the inputs only. The linears see the B * n token rows as one matrix, so a step reads
+the weights once for all rows (kernels.gemm, row_tile); attention, the KV append and the embedding keep
+the row axis. Cross K/V are stored once per window: row b reads window cross_rows[b], so the rows that
+decode the same audio (beams, samples) share them, and the backend's `select` only re-indexes them.
+Self/cross slots follow reference/kv.py: K stored unscaled, the d^-1/2 scale is applied inside the
+attention (the reference splits it as d^-1/4 on q and on k: equal up to float rounding).
 
 Weights are not in PyTorch layout: `pack_params` turns the canonical checkpoint (reference/weights.py)
 into the parameter lists below; `param_specs` is the matching contract the library is compiled for.
@@ -20,6 +28,7 @@ into the parameter lists below; `param_specs` is the matching contract the libra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
@@ -238,22 +247,26 @@ class _Graph:
                          [x, g, b], _tensor([m, c]))
 
     def linear(self, x: relax.Expr, w: relax.Expr, b: relax.Expr | None, m, k: int, n: int, act: str = "",
-               residual: relax.Expr | None = None, a_view: tuple | None = None,
-               w_dtype: str = F32) -> relax.Expr:
+               residual: relax.Expr | None = None, a_view: tuple | None = None, w_dtype: str = F32,
+               batch: tirx.Var | None = None, row_tile: int | None = None) -> relax.Expr:
         """[M, k] @ packed [n, k]^T (+ b) (-> gelu) (+ residual) -> [M, n], all in one kernel.
 
         a_view=("flat", stride, size): x is a flat buffer of `size` and row m is x[m * stride : m * stride + k]
         (how the convolutions read their padded input without an im2col copy).
         a_view=("heads", head_dim): x is [H, M, head_dim] and row m is its heads concatenated.
+        batch (a symbolic count, with a static M): x is [batch, M, k] and the result [batch, M, n].
+        row_tile (symbolic M): kernels.gemm's tiles of that many rows; None: one row at a time.
         """
         static = isinstance(m, int)
         nb = K.nb_for(n, WIDE if static else NARROW)
-        kind = f"{a_view[0]}{a_view[1]}" if a_view else "dense"
-        name = (f"linear_{kind}_{m if static else 'n'}x{k}x{n}{'_b' if b is not None else ''}{'_' + act if act else ''}"
+        kind = f"{a_view[0]}{a_view[1]}" if a_view else ("batched" if batch is not None else "dense")
+        rows = str(m) if static else (f"t{row_tile}" if row_tile else "n")
+        name = (f"linear_{kind}_{rows}x{k}x{n}{'_b' if b is not None else ''}{'_' + act if act else ''}"
                 f"{'_res' if residual is not None else ''}_{w_dtype}")
 
         def make() -> tirx.PrimFunc:
             mm = m if static else tirx.Var("m", "int64")
+            nbatch = tirx.Var("g", "int64") if batch is not None else 1
             if a_view and a_view[0] == "flat":
                 stride, size = a_view[1], a_view[2]
                 xa = te.placeholder((size,), F32, name="x")
@@ -262,6 +275,9 @@ class _Graph:
                 hd = a_view[1]
                 xa = te.placeholder((k // hd, mm, hd), F32, name="x")
                 a_fn = lambda _b, i, j: xa[j // hd, i, j % hd]  # noqa: E731
+            elif batch is not None:
+                xa = te.placeholder((nbatch, mm, k), F32, name="x")
+                a_fn = lambda bi, i, j: xa[bi, i, j]  # noqa: E731
             else:
                 xa = te.placeholder((mm, k), F32, name="x")
                 a_fn = lambda _b, i, j: xa[i, j]  # noqa: E731
@@ -280,10 +296,11 @@ class _Graph:
                 y = K.gelu(y) if act == "gelu" else y
                 return res[i, j] + y if res is not None else y
 
-            return K.gemm(name, ins, 1, mm, n, k, a_fn, lambda _b, j, kk: wp[j // nb, kk, j % nb], epilogue, nb)
+            return K.gemm(name, ins, nbatch, mm, n, k, a_fn, lambda _b, j, kk: wp[j // nb, kk, j % nb], epilogue, nb,
+                          batched_output=batch is not None, row_tile=row_tile)
 
         args = [x, w] + ([b] if b is not None else []) + ([residual] if residual is not None else [])
-        return self.call(name, make, args, _tensor([m, n]))
+        return self.call(name, make, args, _tensor([batch, m, n] if batch is not None else [m, n]))
 
     # -- encoder -----------------------------------------------------------------------------
 
@@ -352,91 +369,141 @@ class _Graph:
         T, C, H = d.n_audio_ctx, d.n_text_state, d.n_text_head
         D = C // H
         bb = self.bb
-        audio = relax.Var("audio", _tensor([1, T, d.n_audio_state]))
+        g = tirx.Var("G", "int64")  # windows of audio
+        audio = relax.Var("audio", _tensor([g, T, d.n_audio_state]))
         specs = param_specs(self.cfg)["cross_kv"]
         params = [relax.Var(n.replace(".", "_"), _tensor(list(s), dt)) for n, s, dt in specs]
         with bb.function("cross_kv", [audio, *params]):
             with bb.dataflow():
-                a = self.reshape(audio, [T, C])
                 slots = []
                 for i in range(d.n_text_layer):
-                    kv = self.linear(a, params[2 * i], params[2 * i + 1], T, C, 2 * C)  # [T, 2C]
-                    for off in (0, C):  # key, then value: [1, H, T, D] each
+                    # the encoder's static row tiles over each window's T rows: [G, T, 2C]
+                    kv = self.linear(audio, params[2 * i], params[2 * i + 1], T, C, 2 * C, batch=g)
+                    for off in (0, C):  # key, then value: [G, H, T, D] each
                         name = f"split_heads_{T}x{C}_{off}"
                         slots.append(self.call(name, lambda off=off: _split_heads(T, C, H, D, off), [kv],
-                                               _tensor([1, H, T, D])))
+                                               _tensor([g, H, T, D])))
                 out = bb.emit_output(relax.Tuple(slots))
             bb.emit_func_output(out)
 
+    # -- rows --------------------------------------------------------------------------------
+
+    def build_gather_rows(self) -> None:
+        """gather_rows(rows [R], 2L slots [B, H, S, D]) -> 2L slots [R, H, S, D]: the backend's `select` of
+        the self slots (cross slots are shared per window and only re-indexed)."""
+        d = self.cfg.dims
+        H, D, L = d.n_text_head, d.text_head_dim, d.n_text_layer
+        bb = self.bb
+        r, b, length = tirx.Var("R", "int64"), tirx.Var("B", "int64"), tirx.Var("S", "int64")
+        rows = relax.Var("rows", _tensor([r], "int32"))
+        slots = [relax.Var(f"slot_{i}", _tensor([b, H, length, D])) for i in range(2 * L)]
+        with bb.function("gather_rows", [rows, *slots]):
+            with bb.dataflow():
+                out = [self.call(f"gather_rows_{H}x{D}", lambda: _gather_rows(H, D), [s, rows],
+                                 _tensor([r, H, length, D])) for s in slots]
+                result = bb.emit_output(relax.Tuple(out))
+            bb.emit_func_output(result)
+
     # -- decoder -----------------------------------------------------------------------------
 
-    def build_decode(self) -> None:
+    def build_decode(self, name: str, row_tile: int | None) -> None:
+        """`decode` (row_tile: kernels.ROW_TILE) or `decode_row` (None); see the module docstring."""
         cfg, d = self.cfg, self.cfg.dims
         T, C, H, L = d.n_audio_ctx, d.n_text_state, d.n_text_head, d.n_text_layer
         D = C // H
         wd = cfg.decoder_weight_dtype
         bb = self.bb
-        n = tirx.Var("n", "int64")  # tokens in this call
-        p = tirx.Var("p", "int64")  # past self length
-        tokens = relax.Var("tokens", _tensor([n], "int32"))
-        self_kv = [relax.Var(f"self_{i}", _tensor([1, H, p, D])) for i in range(2 * L)]
-        cross = [relax.Var(f"cross_{i}", _tensor([1, H, T, D])) for i in range(2 * L)]
+        B = tirx.Var("B", "int64")  # rows
+        n = tirx.Var("n", "int64")  # tokens per row in this call
+        p = tirx.Var("p", "int64")  # past self length (the same for every row)
+        m = B * n  # token rows of the linears: row b * n + i is token i of row b
+        g = tirx.Var("G", "int64")  # distinct windows of cross K/V
+        tokens = relax.Var("tokens", _tensor([B, n], "int32"))
+        self_kv = [relax.Var(f"self_{i}", _tensor([B, H, p, D])) for i in range(2 * L)]
+        cross = [relax.Var(f"cross_{i}", _tensor([g, H, T, D])) for i in range(2 * L)]
+        cross_rows = relax.Var("cross_rows", _tensor([B], "int32"))  # row b reads cross window cross_rows[b]
         params = [relax.Var(nm.replace(".", "_"), _tensor(list(s), dt)) for nm, s, dt in param_specs(cfg)["decode"]]
         it = iter(params)
-        with bb.function("decode", [tokens, *self_kv, *cross, *params]):
+        with bb.function(name, [tokens, *self_kv, *cross, cross_rows, *params]):
             with bb.dataflow():
                 emb, pos = next(it), next(it)
-                # x[i] = embedding[tokens[i]] + pos[p + i]: [n, C]
+                # x[b * n + i] = embedding[tokens[b, i]] + pos[p + i]: [B * n, C]
                 x = self.call(f"embed_{wd}", lambda: _embed(C, d.n_text_ctx, H, D, cfg.vocab_block, wd),
-                              [tokens, emb, pos, self_kv[0]], _tensor([n, C]))
+                              [tokens, emb, pos, self_kv[0]], _tensor([B, n, C]))
+                x = self.reshape(x, [m, C])
                 present = []
                 for i in range(L):
                     w = [next(it) for _ in range(18)]
                     x, k, v = self.decoder_block(x, w, self_kv[2 * i], self_kv[2 * i + 1], cross[2 * i],
-                                                 cross[2 * i + 1], n, p, T, C, H, D, wd)
+                                                 cross[2 * i + 1], cross_rows, (B, n, p), row_tile)
                     present += [k, v]
                 g, b = next(it), next(it)
-                h = self.layer_norm(x, g, b, n, C)
-                vp = cfg.vocab_padded
-                logits = self.linear(h, emb, None, n, C, vp, w_dtype=wd)  # tied output projection: [n, V_pad]
+                h = self.layer_norm(x, g, b, m, C)
+                # tied output projection: [B * n, V_pad]
+                logits = self.linear(h, emb, None, m, C, cfg.vocab_padded, w_dtype=wd, row_tile=row_tile)
                 out = bb.emit_output(relax.Tuple([logits, *present]))
             bb.emit_func_output(out)
 
-    def decoder_block(self, x, w: list, past_k, past_v, cross_k, cross_v, n, p, T: int, C: int, H: int, D: int,
-                      wd: str):
-        # x [n, C], past [1, H, p, D], cross [1, H, T, D] -> x [n, C], present [1, H, p + n, D]
+    def decoder_block(self, x: relax.Expr, w: list, past_k: relax.Expr, past_v: relax.Expr, cross_k: relax.Expr,
+                      cross_v: relax.Expr, cross_rows: relax.Expr, shape: tuple, row_tile: int | None
+                      ) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
+        # x [B * n, C], past [B, H, p, D], cross [G, H, T, D] (row b: window cross_rows[b])
+        #   -> x [B * n, C], present [B, H, p + n, D]
+        d, wd = self.cfg.dims, self.cfg.decoder_weight_dtype
+        T, C, H, D = d.n_audio_ctx, d.n_text_state, d.n_text_head, d.text_head_dim
+        B, n, p = shape
+        m = B * n
         (ln1g, ln1b, wqkv, bqkv, wo, bo, ln2g, ln2b, wq, bq, wco, bco, ln3g, ln3b, w1, b1, w2, b2) = w
-        h = self.layer_norm(x, ln1g, ln1b, n, C)
-        qkv = self.linear(h, wqkv, bqkv, n, C, 3 * C, w_dtype=wd)  # [n, 3C]
-        k = self.call(f"append_kv_{C}_k", lambda: _append_kv(C, H, D, C), [past_k, qkv], _tensor([1, H, p + n, D]))
-        v = self.call(f"append_kv_{C}_v", lambda: _append_kv(C, H, D, 2 * C), [past_v, qkv], _tensor([1, H, p + n, D]))
+
+        def linear(x: relax.Expr, w: relax.Expr, b: relax.Expr, k: int, width: int, **kw: Any) -> relax.Expr:
+            return self.linear(x, w, b, m, k, width, w_dtype=wd, row_tile=row_tile, **kw)
+
+        h = self.layer_norm(x, ln1g, ln1b, m, C)
+        qkv = linear(h, wqkv, bqkv, C, 3 * C)  # [B * n, 3C]
+        qkv3 = self.reshape(qkv, [B, n, 3 * C])  # the same memory, by row
+        k = self.call(f"append_kv_{C}_k", lambda: _append_kv(C, H, D, C), [past_k, qkv3], _tensor([B, H, p + n, D]))
+        v = self.call(f"append_kv_{C}_v", lambda: _append_kv(C, H, D, 2 * C), [past_v, qkv3],
+                      _tensor([B, H, p + n, D]))
         a = self.call(f"self_attention_{C}", lambda: K.decoder_attention(
             f"self_attention_{C}", H, D, tirx.Var("n", "int64"), tirx.Var("L", "int64"), 3 * C, 0, causal=True),
-            [qkv, k, v], _tensor([n, C]))
-        x = self.linear(a, wo, bo, n, C, C, residual=x, w_dtype=wd)
-        h = self.layer_norm(x, ln2g, ln2b, n, C)
-        q = self.linear(h, wq, bq, n, C, C, w_dtype=wd)
-        a = self.call(f"cross_attention_{T}x{C}", lambda: K.decoder_attention(
-            f"cross_attention_{T}x{C}", H, D, tirx.Var("n", "int64"), T, C, 0, causal=False),
-            [q, cross_k, cross_v], _tensor([n, C]))
-        x = self.linear(a, wco, bco, n, C, C, residual=x, w_dtype=wd)
-        h = self.layer_norm(x, ln3g, ln3b, n, C)
-        h = self.linear(h, w1, b1, n, C, 4 * C, act="gelu", w_dtype=wd)
-        x = self.linear(h, w2, b2, n, 4 * C, C, residual=x, w_dtype=wd)
+            [qkv3, k, v], _tensor([B, n, C]))
+        x = linear(self.reshape(a, [m, C]), wo, bo, C, C, residual=x)
+        h = self.layer_norm(x, ln2g, ln2b, m, C)
+        q = linear(h, wq, bq, C, C)
+        a = self.call(f"cross_attention_{T}x{C}", lambda: K.cross_attention(f"cross_attention_{T}x{C}", H, D, T),
+                      [self.reshape(q, [B, n, C]), cross_k, cross_v, cross_rows], _tensor([B, n, C]))
+        x = linear(self.reshape(a, [m, C]), wco, bco, C, C, residual=x)
+        h = self.layer_norm(x, ln3g, ln3b, m, C)
+        h = linear(h, w1, b1, C, 4 * C, act="gelu")
+        x = linear(h, w2, b2, 4 * C, C, residual=x)
         return x, k, v
 
 
+# Planning bound of the decoder's rows. StaticPlanBlockMemory sizes every intermediate of `decode` for the
+# upper bounds of B, n and p (one allocation per call instead of ~60), so a call may hold at most
+# MAX_PLANNED_BATCH * n_text_ctx token rows (B * n): 28672 for Whisper, far beyond beams x windows (past it
+# TVM refuses the call: "storage allocation failure"). The bound costs address space, not memory: tiny.en's
+# `decode` reserves 0.25 GB once, of which a step touches its B rows.
+MAX_PLANNED_BATCH = 64
+
+
+def max_token_rows(dims: ModelDims) -> int:
+    """The most token rows (B * n) one `decode` call takes (see MAX_PLANNED_BATCH)."""
+    return MAX_PLANNED_BATCH * dims.n_text_ctx
+
+
 def build_module(cfg: ModelConfig) -> tvm.IRModule:
-    """The three Relax functions and their kernels, before the Relax pipeline."""
+    """The Relax functions and their kernels, before the Relax pipeline."""
     g = _Graph(cfg)
     g.build_encode()
     g.build_cross_kv()
-    g.build_decode()
+    g.build_gather_rows()
+    g.build_decode("decode", K.ROW_TILE)
+    g.build_decode("decode_row", None)
     mod = g.bb.get()
-    # Upper bounds of the decoder's symbolic lengths let StaticPlanBlockMemory plan every intermediate of
-    # `decode` once, instead of allocating ~60 tensors per step.
     ctx = cfg.dims.n_text_ctx
-    mod["decode"] = mod["decode"].with_attr("tir_var_upper_bound", {"n": ctx, "p": ctx})
+    for name in ("decode", "decode_row"):
+        mod[name] = mod[name].with_attr("tir_var_upper_bound", {"B": MAX_PLANNED_BATCH, "n": ctx, "p": ctx})
     return mod
 
 
@@ -478,36 +545,60 @@ def _pack_heads(T: int, Tp: int, C: int, H: int, D: int, nb: int, off: int, tran
 
 
 def _split_heads(T: int, C: int, H: int, D: int, off: int) -> tirx.PrimFunc:
-    kv = te.placeholder((T, 2 * C), F32, name="kv")
-    out = te.compute((1, H, T, D), lambda _z, h, t, dd: kv[t, off + h * D + dd], name="out")
-    # parallel over (head, row), vectors along the head: the leading unit axis alone left it serial and scalar
+    # kv [G, T, 2C] -> [G, H, T, D], the heads at column off
+    g = tirx.Var("g", "int64")
+    kv = te.placeholder((g, T, 2 * C), F32, name="kv")
+    out = te.compute((g, H, T, D), lambda w, h, t, dd: kv[w, t, off + h * D + dd], name="out")
+    # parallel over (window, head, row), vectors along the head: a leading unit axis alone left it serial
+    # and scalar
     sch = s_tir.Schedule(te.create_prim_func([kv, out]))
-    z, h, t, dd = sch.get_loops(sch.get_sblock("out"))
-    sch.parallel(sch.fuse(z, h, t))
+    w, h, t, dd = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(sch.fuse(w, h, t))
     if D % K.LANES == 0:
         sch.vectorize(sch.split(dd, [None, K.LANES])[1])
     return K._finish(sch, f"split_heads_{T}x{C}_{off}")
 
 
 def _append_kv(C: int, H: int, D: int, off: int) -> tirx.PrimFunc:
-    # present [1, H, p + n, D] = concat(past [1, H, p, D], new heads from qkv [n, 3C] at column off)
-    n, p = tirx.Var("n", "int64"), tirx.Var("p", "int64")
-    past = te.placeholder((1, H, p, D), F32, name="past")
-    qkv = te.placeholder((n, 3 * C), F32, name="qkv")
-    out = te.compute((1, H, p + n, D), lambda _z, h, j, dd: te.if_then_else(
-        j < p, past[0, h, tirx.min(j, p - 1), dd], qkv[tirx.max(j - p, 0), off + h * D + dd]), name="out")
+    # present [B, H, p + n, D] = concat(past [B, H, p, D], new heads from qkv [B, n, 3C] at column off), by row
+    b, n, p = tirx.Var("b", "int64"), tirx.Var("n", "int64"), tirx.Var("p", "int64")
+    heads = tirx.IntImm("int64", H)  # int64 like b: the two loops are fused
+    past = te.placeholder((b, heads, p, D), F32, name="past")
+    qkv = te.placeholder((b, n, 3 * C), F32, name="qkv")
+    out = te.compute((b, heads, p + n, D), lambda r, h, j, dd: te.if_then_else(
+        j < p, past[r, h, tirx.min(j, p - 1), dd], qkv[r, tirx.max(j - p, 0), off + h * D + dd]), name="out")
     sch = s_tir.Schedule(te.create_prim_func([past, qkv, out]))
     if D % K.LANES == 0:  # a copy of the whole past each step: one vector per LANES floats, not a scalar loop
         _vectorize_inner(sch, "out", K.LANES)
+    # every row copies its past: parallel over (row, head) once there are several rows (6 rows at p = 200:
+    # 8 copies of 1.8 MB a step)
+    r, h = sch.get_loops(sch.get_sblock("out"))[:2]
+    sch.parallel(sch.fuse(r, h))
     return K._finish(sch, f"append_kv_{C}_{'k' if off == C else 'v'}")
 
 
 def _embed(C: int, n_ctx: int, H: int, D: int, vb: int, wd: str) -> tirx.PrimFunc:
-    # tokens [n] -> embedding[tokens] + pos[p : p + n]: [n, C]; p is read from the shape of a past slot.
-    n, p, nv = tirx.Var("n", "int64"), tirx.Var("p", "int64"), tirx.Var("nv", "int64")
-    tok = te.placeholder((n,), "int32", name="tokens")
+    # tokens [B, n] -> embedding[tokens] + pos[p : p + n]: [B, n, C]; p is read from the shape of a past slot.
+    b, n, p, nv = tirx.Var("b", "int64"), tirx.Var("n", "int64"), tirx.Var("p", "int64"), tirx.Var("nv", "int64")
+    tok = te.placeholder((b, n), "int32", name="tokens")
     emb = te.placeholder((nv, C, vb), wd, name="emb")
     pos = te.placeholder((n_ctx, C), F32, name="pos")
-    past = te.placeholder((1, H, p, D), F32, name="past")
-    out = te.compute((n, C), lambda i, c: emb[tok[i] // vb, c, tok[i] % vb].astype(F32) + pos[p + i, c], name="out")
+    past = te.placeholder((b, H, p, D), F32, name="past")
+    out = te.compute((b, n, C), lambda r, i, c: emb[tok[r, i] // vb, c, tok[r, i] % vb].astype(F32) + pos[p + i, c],
+                     name="out")
     return te.create_prim_func([tok, emb, pos, past, out]).with_attr("global_symbol", f"embed_{wd}")
+
+
+def _gather_rows(H: int, D: int) -> tirx.PrimFunc:
+    # src [B, H, S, D], rows [R] -> [R, H, S, D] with row i = src[rows[i]] (the rows are checked by the caller:
+    # an index out of range would read outside src)
+    b, r, length = tirx.Var("b", "int64"), tirx.Var("r", "int64"), tirx.Var("s", "int64")
+    src = te.placeholder((b, H, length, D), F32, name="src")
+    rows = te.placeholder((r,), "int32", name="rows")
+    out = te.compute((r, H, length, D), lambda i, h, j, dd: src[rows[i].astype("int64"), h, j, dd], name="out")
+    sch = s_tir.Schedule(te.create_prim_func([src, rows, out]))
+    i, h, _, dd = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(sch.fuse(i, h))
+    if D % K.LANES == 0:
+        sch.vectorize(sch.split(dd, [None, K.LANES])[1])
+    return K._finish(sch, f"gather_rows_{H}x{D}")
