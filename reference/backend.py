@@ -1,8 +1,8 @@
 """The backend protocol: the small seam between the decoding state machine and a model implementation.
 
 A backend is anything with these methods. KV slots and audio features are backend-native (numpy
-arrays for the reference, TVM tensors for the TVM backend): the state machine only moves references.
-Logits come back as float32 numpy arrays.
+arrays for the reference, TVM tensors or the TVM backend's shared cross slots): the state machine only
+moves references and reads their `.shape`. Logits come back as float32 numpy arrays.
 
 Rows. `prefill` and `step` take a batch of B rows: independent sequences decoded side by side (the
 beams of a beam search, the samples of best_of, the windows of one or several files). Every slot
