@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py beside this file: one cpu_name()
+from bench import cpu_name  # noqa: E402
+
 DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio" / "whitehouse_weekly_address_trade.wav"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(s)
     n_tokens = sum(len(t) for t in tokens["batched"])
     med = {k: statistics.median(v) for k, v in times.items()}
-    cpu = cpu_model()
+    cpu = cpu_name()
     try:
         from whisperkv.backends.tvm.compile import host_target
 
