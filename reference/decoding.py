@@ -617,20 +617,22 @@ class BatchRun:
     def results(self) -> list[DecodingResult]:
         if self.state is not State.DONE:
             raise RuntimeError("results() before DONE")
-        out = []
-        for g in self.groups:
-            best = self.strategy.rank(g)
-            tokens = list(best.tokens)
-            out.append(DecodingResult(
-                start_sequence=list(self.d.start_sequence), tokens=tokens,
-                text=self.d.tokenizer.decode(tokens).strip(),
-                # openai-whisper divides by the sampled length + 1: the EOT (or, at the budget, the EOT that
-                # its finalize() appends) counts as a token.
-                avg_logprob=best.sum_logprob / (len(tokens) + 1), no_speech_prob=g.no_speech_prob,
-                finished=best.finished, sum_logprob=best.sum_logprob, candidates=list(g.candidates),
-                events=self.events,
-            ))
-        return out
+        return [self.result_of(g.index) for g in self.groups]
+
+    def result_of(self, index: int) -> DecodingResult:
+        """The result of window `index`, as soon as its group is done (the batch may still be running)."""
+        g = self.groups[index]
+        if not g.done:
+            raise RuntimeError(f"result_of({index}) before its window is done")
+        best = self.strategy.rank(g)
+        tokens = list(best.tokens)
+        return DecodingResult(
+            start_sequence=list(self.d.start_sequence), tokens=tokens, text=self.d.tokenizer.decode(tokens).strip(),
+            # openai-whisper divides by the sampled length + 1: the EOT (or, at the budget, the EOT that
+            # its finalize() appends) counts as a token.
+            avg_logprob=best.sum_logprob / (len(tokens) + 1), no_speech_prob=g.no_speech_prob,
+            finished=best.finished, sum_logprob=best.sum_logprob, candidates=list(g.candidates), events=self.events,
+        )
 
     def result(self) -> DecodingResult:
         """The result of a one-window batch."""

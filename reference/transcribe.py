@@ -12,7 +12,7 @@ import numpy as np
 
 from .audio import HOP_LENGTH, SAMPLE_RATE, Audio, open_audio
 from .backend import Backend, check_batch, max_batch
-from .decoding import Decoder, DecodingOptions, DecodingOptionsError, DecodingResult, EventSink
+from .decoding import Decoder, DecodingOptions, DecodingOptionsError, DecodingResult, EventSink, State
 from .registry import create_backend
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
@@ -97,41 +97,48 @@ class Whisper:
 
         Every file is opened (and validated) before any window is decoded. The windows of all the files
         form one stream, cut into batches of `batch_size` windows: a batch may end one file and start the
-        next. `progress` gets the seconds done over all the files.
+        next. A window is done when its rows end (its batch may go on for longer windows), and a file is
+        given back as soon as all its windows are done. `progress` gets the seconds done over all the files.
         """
         if batch_size < 1:
             raise DecodingOptionsError(f"batch_size must be at least 1, got {batch_size}")
         sources = [open_audio(a, self.dims.n_mels) for a in audios]
         decoder = Decoder(self.backend, self.tokenizer, DecodingOptions(language=language, task=task, **decode_options))
         per_batch = self._windows_per_batch(decoder, batch_size)
-        windows: list[list[Window]] = [[] for _ in sources]
-        frontier = [0]  # the file the stream of windows has reached
+        taken = [0] * len(sources)  # windows of each file taken from the stream so far
+        done: list[dict[int, Window]] = [{} for _ in sources]  # file -> seek -> its decoded window
+        frontier = [0]  # the file the stream of windows has reached: every file before it is fully taken
         emitted, done_seconds = 0, 0.0
+        window_seconds = self.dims.n_mel_frames * HOP_LENGTH / SAMPLE_RATE
 
         def stream() -> Iterator[tuple[int, int, np.ndarray]]:
             for i, source in enumerate(sources):
                 frontier[0] = i
                 for seek, mel in source.mel_windows(self.dims.n_mel_frames):
+                    taken[i] += 1
                     yield i, seek, mel
             frontier[0] = len(sources)
 
         items = stream()
         while True:
-            batch = list(itertools.islice(items, per_batch))
-            if not batch:
-                next(items, None)  # moves the frontier past the last file
-            if batch:
-                results = decoder.run_batch([self.backend.encode(mel[None]) for _, _, mel in batch])
-                for (i, seek, _), r in zip(batch, results, strict=True):
-                    windows[i].append(self._window(seek, r, no_speech_threshold, logprob_threshold))
-                    done_seconds += min(sources[i].duration - seek * HOP_LENGTH / SAMPLE_RATE,
-                                        self.dims.n_mel_frames * HOP_LENGTH / SAMPLE_RATE)
-                if progress is not None:
-                    progress(done_seconds)
-            while emitted < frontier[0]:  # every window of these files is decoded
-                yield self._transcript(sources[emitted], windows[emitted])
-                windows[emitted] = []
-                emitted += 1
+            batch = list(itertools.islice(items, per_batch))  # (an empty one moves the frontier past the end)
+            run = decoder.begin([self.backend.encode(mel[None]) for _, _, mel in batch]) if batch else None
+            recorded: set[int] = set()
+            while True:
+                for k, (i, seek, _) in enumerate(batch):
+                    if k not in recorded and run is not None and run.groups[k].done:
+                        recorded.add(k)
+                        done[i][seek] = self._window(seek, run.result_of(k), no_speech_threshold, logprob_threshold)
+                        done_seconds += min(sources[i].duration - seek * HOP_LENGTH / SAMPLE_RATE, window_seconds)
+                        if progress is not None:
+                            progress(done_seconds)
+                while emitted < frontier[0] and len(done[emitted]) == taken[emitted]:
+                    yield self._transcript(sources[emitted], [done[emitted][s] for s in sorted(done[emitted])])
+                    done[emitted] = {}
+                    emitted += 1
+                if run is None or run.state is State.DONE:
+                    break
+                run.advance()
             if not batch:
                 return
 
