@@ -83,7 +83,7 @@ class Whisper:
         to `batch_size` of them are decoded as rows of one batch: the same tokens as one by one, with the
         decoder's weights read once per step for all of them. `decode_options` are DecodingOptions
         (beam_size, best_of, patience, length_penalty, temperature, seed, ...).
-        `progress`, if given, is called after each batch with the seconds of audio done so far.
+        `progress`, if given, is called as each window is done with the seconds of audio done so far.
         """
         return next(self.transcribe_many([audio], language, task, no_speech_threshold, logprob_threshold, progress,
                                          batch_size, **decode_options))
