@@ -498,6 +498,7 @@ class BatchRun:
         self.state = State.START
         self.kv: list[Any] = []
         self.logits: np.ndarray | None = None  # raw logits [rows, n_vocab] of the last transition
+        self.prefill_logits: np.ndarray | None = None  # [windows, start length, n_vocab]: every start position
         self.steps = 0
         self.events: list[TraceEvent] = []
 
@@ -533,6 +534,7 @@ class BatchRun:
         want = (len(self.groups), len(start), b.dims.n_vocab)
         if tuple(logits.shape) != want:
             raise ValueError(f"backend {b.name}: prefill returned logits {tuple(logits.shape)}, expected {want}")
+        self.prefill_logits = np.asarray(logits)
         if d.tokenizer.no_speech is not None and d.tokenizer.sot in start:  # (a seed-style start may lack it)
             sot_index = start.index(d.tokenizer.sot)
             for g in self.groups:

@@ -102,6 +102,23 @@ def test_tolerance_is_what_separates_agreement_from_divergence(tiny_en, referenc
     assert loose.agree
 
 
+def test_every_start_position_is_compared_not_only_the_last(tiny_en, reference) -> None:
+    class LastRowEverywhere(NumpyModel):
+        """Returns the last start position's logits for every start position: every token and every slot is
+        right, but no_speech_prob, read at <|startoftranscript|>, is not."""
+
+        def prefill(self, tokens, audio_features, kv):
+            logits, kv = super().prefill(tokens, audio_features, kv)
+            return np.repeat(logits[:, -1:], logits.shape[1], axis=1), kv
+
+    report = verify(reference, LastRowEverywhere(tiny_en.checkpoint), tiny_en.tokenizer, tiny_en.checkpoint,
+                    windows(CLIP))
+    stage = report.first_divergence
+    assert not report.agree and stage.stage == "prefill"
+    assert "start position 0 (<|startoftranscript|>)" in stage.reason and "no_speech_prob" in stage.reason
+    assert stage.ref_no_speech_prob != stage.cand_no_speech_prob
+
+
 def test_a_tie_is_reported_not_passed_or_failed(tiny_en, reference) -> None:
     class Tied(NumpyModel):
         """A reference whose first choice is a near-tie: its top-two logits are made 1e-4 apart."""

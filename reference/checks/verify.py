@@ -66,6 +66,9 @@ class Stage:
     ref_slot_shapes: list[list[int]] = field(default_factory=list)
     cand_slot_shapes: list[list[int]] = field(default_factory=list)
     nonfinite: list[str] = field(default_factory=list)
+    # prefill only: no_speech_prob, read at the <|startoftranscript|> row (not the last one), both sides
+    ref_no_speech_prob: float | None = None
+    cand_no_speech_prob: float | None = None
     verdict: str = "agree"  # "agree", "tie" or "diverge"
     reason: str = ""
 
@@ -110,6 +113,11 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
 def _scale(x: np.ndarray) -> float:
     finite = np.abs(x[np.isfinite(x)])
     return float(max(1.0, finite.max())) if finite.size else 1.0
+
+
+def _probability(p: float) -> float | None:
+    """A no_speech_prob for the report (None where the tokenizer has no <|nocaptions|>), to 4 decimals."""
+    return None if math.isnan(p) else round(p, 4)
 
 
 def _top(logits: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
@@ -169,6 +177,28 @@ class Lockstep:
         elif stage.max_abs > self.tol.relative * stage.scale:
             stage.verdict, stage.reason = "diverge", f"logits max |Δ| {stage.max_abs:.3g} (scale {stage.scale:.3g})"
 
+    def judge_start_rows(self, stage: Stage, ref_rows: np.ndarray, cand_rows: np.ndarray) -> None:
+        """Prefill: the logits of the start positions before the last (the last was judged with the token).
+
+        no_speech_prob is read at <|startoftranscript|>, not at the last row: a backend that returns the last
+        row everywhere passes every token check and still decides silence differently."""
+        if stage.verdict != "agree":
+            return
+        if cand_rows.shape != ref_rows.shape:
+            stage.verdict = "diverge"
+            stage.reason = f"prefill logits shape {list(cand_rows.shape)} != reference {list(ref_rows.shape)}"
+            return
+        for row in range(len(ref_rows) - 1):
+            scale, delta = _scale(ref_rows[row]), distance(ref_rows[row], cand_rows[row])
+            stage.max_abs = max(stage.max_abs, delta)
+            if delta > self.tol.relative * scale:
+                token = self.tok.token_text(self.start[row]) if hasattr(self.tok, "token_text") else self.start[row]
+                stage.verdict = "diverge"
+                stage.reason = (f"prefill logits at start position {row} ({token}) max |Δ| {delta:.3g} "
+                                f"(scale {scale:.3g}); no_speech_prob {stage.cand_no_speech_prob} != reference "
+                                f"{stage.ref_no_speech_prob}")
+                return
+
     def window(self, index: int, mel: np.ndarray, stages: list[Stage]) -> tuple[Stage | None, dict]:
         """Compare one window; returns (the first non-agreeing stage or None, the replay context)."""
         ref_feat = self.ref.encode(mel[None])
@@ -208,6 +238,10 @@ class Lockstep:
             self.compare_slots(stage, ref_run.kv, cand_run.kv, compared)
             cand_logits = np.asarray(cand_run.logits)[0]
             self.judge(stage, ref_run.logits[0], cand_logits, history, ref_run.kv, compared)
+            if kind is State.PREFILL:
+                stage.ref_no_speech_prob = _probability(ref_run.groups[0].no_speech_prob)
+                stage.cand_no_speech_prob = _probability(cand_run.groups[0].no_speech_prob)
+                self.judge_start_rows(stage, ref_run.prefill_logits[0], np.asarray(cand_run.prefill_logits)[0])
             stages.append(stage)
             context.update(history=history, cand_logits=cand_logits, cand_kv=cand_run.kv)
             if stage.verdict != "agree":

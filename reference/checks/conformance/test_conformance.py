@@ -57,9 +57,15 @@ def _prefill_both(suite, mel):
 def test_prefill_returns_logits_for_every_start_token(whisperkv_suite) -> None:
     suite = whisperkv_suite
     start, ref_logits, _, cand_logits, _ = _prefill_both(whisperkv_suite, suite.windows[0][1])
+    # every start position's logits, not only the last: no_speech_prob is read at <|startoftranscript|>
     assert cand_logits.shape == ref_logits.shape, (
         f"prefill() must return logits of shape (1, len(start sequence), n_vocab) = (1, *{ref_logits.shape}) "
         f"(no_speech_prob is read at <|startoftranscript|>); got {cand_logits.shape}")
+    for row, token in enumerate(start):
+        d = distance(ref_logits[row], cand_logits[row])
+        assert d <= suite.tolerance.relative * _scale(ref_logits[row]), (
+            f"prefill logits at start position {row} ({suite.tokenizer.token_text(token)}) differ from the "
+            f"reference by max |Δ| {d:.3g}: no_speech_prob is read at <|startoftranscript|>, not the last row")
 
 
 def test_prefill_computes_cross_kv_from_the_audio(whisperkv_suite) -> None:
