@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -53,3 +54,30 @@ def test_bad_audio_or_candidate_is_one_usage_error() -> None:
                             "-p", "no:cacheprovider", *extra], capture_output=True, text=True, timeout=600)
         assert p.returncode == 4, p.stdout + p.stderr  # pytest's exit code for usage errors
         assert "whisperkv conformance:" in p.stderr and "Traceback" not in p.stdout + p.stderr
+
+
+LAST_ROW = '''
+import numpy as np
+
+from whisperkv.reference.model import NumpyModel
+
+
+class LastRowEverywhere(NumpyModel):
+    name = "last-row-everywhere"
+
+    def prefill(self, tokens, audio_features, kv):
+        logits, kv = super().prefill(tokens, audio_features, kv)
+        return np.repeat(logits[:, -1:], logits.shape[1], axis=1), kv
+'''
+
+
+@pytest.mark.slow  # the prefill property of the suite in a subprocess
+def test_a_backend_that_returns_the_last_row_everywhere_fails_the_start_rows_property(tmp_path) -> None:
+    (tmp_path / "last_row.py").write_text(LAST_ROW)
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest",
+         *pytest_args("python:last_row:LastRowEverywhere", "-q", "-p", "no:cacheprovider", "-k", "every_start_token")],
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert p.returncode == 1, p.stdout[-3000:]
+    assert "prefill logits at start position 0 (<|startoftranscript|>)" in p.stdout

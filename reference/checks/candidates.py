@@ -55,5 +55,5 @@ def _python_factory(spec: str, checkpoint: Checkpoint) -> Backend:
     if not isinstance(backend, Backend):
         raise BackendUnavailable(f"--candidate {spec!r}: {parts[2]}(checkpoint) returned a "
                                  f"{type(backend).__name__}, not an object with the backend protocol's "
-                                 "name, dims, encode, zero_kv, prefill, step and to_numpy")
+                                 "name, dims, encode, zero_kv, prefill, step, select and to_numpy")
     return backend
