@@ -546,7 +546,7 @@ class BatchRun:
             g.rows = [Row([]) for _ in range(n)]
         # the strategy sees n copies of each window's logits; the slots are copied once, by the select
         # that follows the choice (row b of the copies is row b // n of the prefilled batch)
-        last = np.repeat(np.asarray(logits)[:, -1], n, axis=0)
+        last = np.repeat(self.prefill_logits[:, -1], n, axis=0)
         origin = [g.index for g in self.groups for _ in range(n)]
         return self._choose(State.PREFILL, last, tuple(tuple(start) for _ in self.groups), origin)
 

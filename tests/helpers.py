@@ -95,7 +95,7 @@ def random_windows(dims: ModelDims, seed: int, n: int = 1) -> list[np.ndarray]:
 
 
 class ToyTokenizer:
-    """The two things verify()'s decoding rules need from a tokenizer, for a random model's small vocabulary.
+    """What verify()'s decoding rules and messages need from a tokenizer, for a random model's small vocabulary.
 
     Use with DecodingOptions(suppress_tokens=None, suppress_blank=False): no filter then asks for a word's
     ids. `eot` is an ordinary id of the vocabulary (the last), so a window may end early, as a real one does.
@@ -108,9 +108,12 @@ class ToyTokenizer:
     def sot_sequence(self, language: str | None = None, task: str = "transcribe") -> list[int]:
         return list(self.start)
 
+    def token_text(self, token: int) -> str:  # what verify's messages print for a token
+        return f"<{token}>"
+
 
 def as_tokenizer(toy: ToyTokenizer) -> Tokenizer:
-    return toy  # type: ignore[return-value]  # duck-typed: only sot_sequence and eot are read
+    return toy  # type: ignore[return-value]  # duck-typed: only sot_sequence, eot and token_text are read
 
 
 def assert_agrees(report: Report, ties_allowed: bool = False) -> None:

@@ -123,11 +123,7 @@ def test_prefill_matches_reference(libraries, name: str, seed: int, data: st.Dat
     rows = data.draw(st.integers(1, 4), label="rows")
     tokens = draw_tokens(data, d, (rows, data.draw(st.integers(1, min(5, d.n_text_ctx)), label="start length")))
     # The same audio features for both, so only prefill is under test; rows may share a window.
-    windows = draw_windows(data, rows)
-    features = {w: ref.encode(random_mel(d, seed + w)) for w in set(windows)}
-    native = {w: tvm_model.from_numpy(f) for w, f in features.items()}
-    logits, kv = tvm_model.prefill(tokens, [native[w] for w in windows], tvm_model.zero_kv(rows))
-    want_logits, want_kv = ref.prefill(tokens, [features[w] for w in windows], ref.zero_kv(rows))
+    (logits, kv), (want_logits, want_kv) = prefill_both(tvm_model, ref, tokens, draw_windows(data, rows), seed)
     assert_close(logits, want_logits, "prefill logits")
     assert len(kv) == kvslots.n_slots(d.n_text_layer)
     for i, (got, want) in enumerate(zip(kv, want_kv, strict=True)):
@@ -168,6 +164,17 @@ def draw_tokens(data: st.DataObject, dims: ModelDims, shape: tuple[int, ...]) ->
 def draw_windows(data: st.DataObject, rows: int) -> list[int]:
     """The audio window of each row: rows that draw the same one share its features (as beams do)."""
     return data.draw(st.lists(st.integers(0, rows - 1), min_size=rows, max_size=rows), label="window of each row")
+
+
+def prefill_both(tvm_model: TVMBackend, ref: NumpyModel, tokens: np.ndarray, windows: list[int], seed: int
+                 ) -> tuple[tuple[np.ndarray, list], tuple[np.ndarray, list]]:
+    """Prefill `tokens` (B, n) on both backends with the same audio features (the reference's encoder output,
+    one per distinct window, copied to TVM), row b reading window windows[b]: -> (tvm's, numpy's) results."""
+    features = {w: ref.encode(random_mel(ref.dims, seed + w)) for w in set(windows)}
+    native = {w: tvm_model.from_numpy(f) for w, f in features.items()}
+    rows = len(windows)
+    return (tvm_model.prefill(tokens, [native[w] for w in windows], tvm_model.zero_kv(rows)),
+            ref.prefill(tokens, [features[w] for w in windows], ref.zero_kv(rows)))
 
 
 def decode_batch(backend: TVMBackend, dims: ModelDims, tokens: np.ndarray, features: list, steps: np.ndarray
@@ -259,11 +266,7 @@ def test_batched_decoding_matches_reference(libraries, name: str, seed: int, dat
     rows = data.draw(st.integers(1, 4), label="rows")
     n = data.draw(st.integers(1, min(3, d.n_text_ctx - 2)), label="start length")
     tokens = draw_tokens(data, d, (rows, n))
-    windows = draw_windows(data, rows)
-    features = {w: ref.encode(random_mel(d, seed + w)) for w in set(windows)}
-    native = {w: tvm_model.from_numpy(f) for w, f in features.items()}
-    got, kv = tvm_model.prefill(tokens, [native[w] for w in windows], tvm_model.zero_kv(rows))
-    want, ref_kv = ref.prefill(tokens, [features[w] for w in windows], ref.zero_kv(rows))
+    (got, kv), (want, ref_kv) = prefill_both(tvm_model, ref, tokens, draw_windows(data, rows), seed)
     assert_close(got, want, "prefill logits")
     budget = d.n_text_ctx - n
     for call in range(min(4, budget)):

@@ -192,9 +192,9 @@ class Lockstep:
             scale, delta = _scale(ref_rows[row]), distance(ref_rows[row], cand_rows[row])
             stage.max_abs = max(stage.max_abs, delta)
             if delta > self.tol.relative * scale:
-                token = self.tok.token_text(self.start[row]) if hasattr(self.tok, "token_text") else self.start[row]
                 stage.verdict = "diverge"
-                stage.reason = (f"prefill logits at start position {row} ({token}) max |Δ| {delta:.3g} "
+                stage.reason = (f"prefill logits at start position {row} ({self.tok.token_text(self.start[row])}) "
+                                f"max |Δ| {delta:.3g} "
                                 f"(scale {scale:.3g}); no_speech_prob {stage.cand_no_speech_prob} != reference "
                                 f"{stage.ref_no_speech_prob}")
                 return
