@@ -16,14 +16,17 @@ openai-whisper decodes and resamples with the ffmpeg command line (to s16 at 16 
 decodes and a numpy polyphase windowed-sinc filter resamples. A 16-bit mono 16 kHz file gives the same
 samples as openai-whisper's pipeline; other rates agree up to the two resamplers' filters (measured in
 tests/test_audio.py against FFmpeg's libswresample: flat below 4 kHz, different only near 8 kHz).
+What libsndfile cannot open (m4a, mp4, aac, video containers) is decoded by FFmpeg through PyAV, the optional
+`av` package (`pip install 'whisperkv[av]'`), at the stream's own rate: see `_AVFile`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from functools import cache, lru_cache
 from math import ceil, gcd, pi
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -53,8 +56,8 @@ class AudioError(InputError):
 _READ_BLOCK = 1 << 16  # frames per libsndfile read when streaming: 1.5 s at 44.1 kHz, 0.5 MB in stereo float32
 
 
-def _open_file(name: str) -> sf.SoundFile:
-    """Open for reading, or say in one line why not."""
+def _open_file(name: str) -> sf.SoundFile | _AVFile:
+    """Open for reading (libsndfile, else PyAV), or say in one line why not."""
     # Checked before libsndfile, whose "Format not recognised" would hide the real problem.
     if not os.path.exists(name):
         raise AudioError(name, "no such file")
@@ -65,16 +68,134 @@ def _open_file(name: str) -> sf.SoundFile:
     try:
         return sf.SoundFile(name)
     except sf.LibsndfileError as e:
-        raise AudioError(name, f"not an audio file libsndfile can read ({e.error_string})") from e
+        return _open_with_pyav(name, e.error_string)  # m4a, mp4, aac, video containers
     except (RuntimeError, OSError) as e:
         raise AudioError(name, f"cannot read audio ({e})") from e
 
 
-def _read(f: sf.SoundFile, name: str, frames: int = -1) -> np.ndarray:
+def _open_with_pyav(name: str, sndfile_problem: str) -> _AVFile:
+    """A file libsndfile refused, opened by FFmpeg through PyAV; or one line saying that neither can read it."""
+    try:
+        import av  # optional: only files libsndfile cannot read need it
+    except ImportError:
+        raise AudioError(name, f"not an audio file libsndfile can read ({sndfile_problem}); m4a, mp4, aac and video "
+                               f"files need PyAV: pip install 'whisperkv[av]'") from None
+    try:
+        container = av.open(name, metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        raise AudioError(name, f"not an audio file libsndfile or PyAV can read (libsndfile: {sndfile_problem}; "
+                               f"PyAV: {_av_problem(e)})") from None
+    try:
+        return _AVFile(name, container)
+    except BaseException:
+        container.close()
+        raise
+
+
+def _av_problem(e: Exception) -> str:
+    # FFmpeg's own words ("Invalid data found when processing input"), without PyAV's errno and path
+    return str(getattr(e, "strerror", None) or e)
+
+
+class _AVFile:
+    """The first audio stream of a file, decoded by FFmpeg (PyAV): what `_read` needs of an sf.SoundFile.
+
+    Frames come at the stream's own rate and channel layout, converted to float32 here as libsndfile
+    converts (integer PCM / 2^(bits-1), planar or interleaved to [n, channels]); the channels are mixed
+    down by `_mono` like any other file's and our own resampler brings them to 16 kHz. Doing the sample
+    format conversion here, rather than with av's AudioResampler (format "flt", same layout and rate),
+    gives the same numbers with no resampler state to flush. A packet FFmpeg cannot decode (a truncated
+    or corrupt file) is an AudioError, not skipped: skipping would shorten the transcript silently.
+    The rate and channels are those of the first decoded frame (an HE-AAC stream's header may say
+    otherwise), and a stream whose rate or channel count changes midway is refused.
+    """
+
+    def __init__(self, name: str, container: Any) -> None:
+        import av
+
+        self.name, self._container, self._av = name, container, av
+        streams = container.streams
+        if not streams.audio:
+            kinds = sorted({s.type for s in streams}) or ["none"]
+            raise AudioError(name, f"no audio stream (PyAV found {', '.join(kinds)}: "
+                                   f"{container.format.long_name or container.format.name})")
+        self._stream = streams.audio[0]
+        self._done = 0  # frames decoded so far, to say where a decoding error is
+        ctx = self._stream.codec_context
+        self.samplerate, self.channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
+        self._frames = self._decode()
+        self._pending: list[np.ndarray] = []
+        first = next(self._frames, None)  # the true rate and layout, from the decoder itself
+        if first is not None:
+            self._pending.append(first)
+        if self.samplerate <= 0 or self.channels <= 0:
+            raise AudioError(name, f"PyAV reports no sample rate or channels ({self.samplerate} Hz, "
+                                   f"{self.channels} channel(s))")
+
+    def _decode(self) -> Generator[np.ndarray, None, None]:
+        # -> [k, channels] float32, ...
+        av = self._av
+        try:
+            for packet in self._container.demux(self._stream):
+                for frame in packet.decode():
+                    data = self._samples(frame)
+                    self._done += len(data)
+                    yield data
+        except av.error.FFmpegError as e:
+            at = f"{self._done / self.samplerate:.3f} s" if self.samplerate else f"frame {self._done}"
+            raise AudioError(self.name, f"cannot decode audio after {at} (PyAV: {_av_problem(e)}); "
+                                        f"the file may be truncated or corrupt") from None
+
+    def _samples(self, frame: Any) -> np.ndarray:
+        # one decoded frame -> [samples, channels] float32
+        rate, channels = int(frame.sample_rate), len(frame.layout.channels)
+        if not self._done and not self._pending:  # the first frame sets the stream's rate and layout
+            self.samplerate, self.channels = rate, channels
+        elif (rate, channels) != (self.samplerate, self.channels):
+            raise AudioError(self.name, f"the audio stream changes from {self.channels} channel(s) at "
+                                        f"{self.samplerate} Hz to {channels} at {rate} Hz")
+        x = frame.to_ndarray()  # planar: [channels, samples]; interleaved: [1, samples * channels]
+        x = x.T if frame.format.is_planar else x.reshape(-1, channels)
+        if x.dtype.kind == "f":
+            return x.astype(np.float32)
+        if x.dtype.kind == "u":  # 8-bit PCM is unsigned, centred on 128
+            return (x.astype(np.float32) - 128) / 128
+        return x.astype(np.float32) * np.float32(2.0 ** (1 - 8 * x.dtype.itemsize))  # s16 / 2^15, s32 / 2^31
+
+    def read(self, frames: int = -1) -> np.ndarray:
+        """# -> [<= frames, channels] float32 (all that remain for -1)"""
+        have = sum(len(p) for p in self._pending)
+        while frames < 0 or have < frames:
+            data = next(self._frames, None)
+            if data is None:
+                break
+            self._pending.append(data)
+            have += len(data)
+        if not self._pending:
+            return np.zeros((0, self.channels), np.float32)
+        joined = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        n = len(joined) if frames < 0 else min(frames, len(joined))
+        self._pending = [joined[n:]] if n < len(joined) else []
+        return joined[:n]
+
+    def close(self) -> None:
+        self._frames.close()
+        self._container.close()
+
+    def __enter__(self) -> _AVFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read(f: sf.SoundFile | _AVFile, name: str, frames: int = -1) -> np.ndarray:
     """The next `frames` frames (all that remain for -1); fewer, or none, at the end.
 
     # -> [<= frames, n_channels] float32
     """
+    if isinstance(f, _AVFile):
+        return f.read(frames)  # its errors are AudioErrors already
     try:
         return f.read(frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
@@ -119,7 +240,7 @@ class _Validity:
 
 
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Read any file libsndfile reads, mix down to mono and resample to `sr`, all at once.
+    """Read any file libsndfile (or PyAV) reads, mix down to mono and resample to `sr`, all at once.
 
     The whole-file form of `open_audio(path).mel_windows()`'s input, with the same checks and messages.
     # file -> [n_samples] float32 at `sr`
@@ -645,6 +766,16 @@ class Audio:
             raise ValueError(f"n_frames must be positive, got {n_frames}")
         return self._windows(n_frames)
 
+    def mel_reader(self) -> MelReader:
+        """Random access to the log-mel's content frames, streamed: cheap when reads move forward."""
+        return MelReader(self)
+
+    def _scaled_blocks(self) -> Iterator[np.ndarray]:
+        # the floored, scaled log-mel, block by block: [n_mels, block] float32, ...
+        blocks = self._kept if self._kept is not None else self._log10_mel_blocks(self._chunks())
+        for block in blocks:
+            yield _scale(block, self._top)
+
     def _windows(self, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
         if self._kept is not None:  # the very blocks pass 2 would compute again
             yield from _cut_windows(self._kept, self._top, self.n_samples // HOP_LENGTH, n_frames)
@@ -654,6 +785,48 @@ class Audio:
         if self._last_count != self.n_samples:  # the windows were cut by the first read's count
             raise AudioError(self.name, f"changed while being read: {self._last_count} samples at 16 kHz, "
                              f"{self.n_samples} when opened")
+
+
+class MelReader:
+    """`window(seek, size)`: the frames openai-whisper's transcribe() slices, one window at a time.
+
+    transcribe() slices mel[:, seek : seek + size] out of one log-mel of the whole padded audio and pads
+    it with 0.0 to a full window. Its seek only moves forward, so the frames are streamed: the reader
+    keeps the frames from the last window's start on (a few windows' worth) and restarts the stream
+    only if asked for frames it has already let go (clip_timestamps that go back in time).
+    """
+
+    def __init__(self, audio: Audio) -> None:
+        self.audio = audio
+        self.content_frames = audio.n_samples // HOP_LENGTH
+        self._restart()
+
+    def _restart(self) -> None:
+        self._blocks = self.audio._scaled_blocks()
+        self._start, self._held = 0, np.zeros((self.audio.n_mels, 0), np.float32)  # frames [start, start + held)
+
+    def window(self, seek: int, size: int, n_frames: int = N_FRAMES) -> np.ndarray:
+        """Frames [seek, seek + size) of the content, padded with 0.0 to n_frames. # -> [n_mels, n_frames]"""
+        if not 0 <= seek and 0 <= size <= n_frames and seek + size <= self.content_frames:
+            raise ValueError(f"frames [{seek}, {seek + size}) outside the content's {self.content_frames}")
+        if seek < self._start:
+            self._restart()
+        parts = [self._held[:, seek - self._start :]] if seek < self._start + self._held.shape[1] else []
+        have = sum(p.shape[1] for p in parts)
+        skipped = max(0, seek - self._start - self._held.shape[1])  # frames between the held ones and seek
+        while have < size:
+            block = next(self._blocks)
+            if skipped >= block.shape[1]:
+                skipped -= block.shape[1]
+                continue
+            parts.append(block[:, skipped:])
+            have += block.shape[1] - skipped
+            skipped = 0
+        self._held = np.concatenate(parts, axis=1) if parts else self._held[:, :0]
+        self._start = seek
+        out = np.zeros((self.audio.n_mels, n_frames), np.float32)
+        out[:, :size] = self._held[:, :size]
+        return out
 
 
 def _file_chunks(name: str, validity: _Validity | None = None) -> Iterator[np.ndarray]:

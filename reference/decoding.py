@@ -23,6 +23,7 @@ GreedyDecoder and MaximumLikelihoodRanker (docs/architecture.md, "Token choice")
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -60,6 +61,11 @@ class DecodingOptions:
     seed: int | None = None  # the sampling generator's seed: the same seed, the same samples
     suppress_tokens: Sequence[int] | str | None = "-1"  # "-1": openai-whisper's default set
     suppress_blank: bool = True
+    # whisperkv's fixed-window mode by default; False: timestamp tokens, under openai's ApplyTimestampRules
+    without_timestamps: bool = True
+    max_initial_timestamp: float | None = 1.0  # the first timestamp is at most this many seconds
+    prompt: Sequence[int] | str | None = None  # previous text (ids, or a string to encode): <|startofprev|> ...
+    prefix: Sequence[int] | str | None = None  # forced first tokens of this window (after the start sequence)
     top_k_trace: int = 5  # how many top logits a trace event carries
 
     def __post_init__(self) -> None:  # openai-whisper's DecodingTask._verify_options, same rules
@@ -78,10 +84,12 @@ class DecodingOptions:
         if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
             raise DecodingOptionsError(f"length_penalty (alpha) should be a value between 0 and 1, "
                                        f"got {self.length_penalty}")
-        for name in ("beam_size", "best_of"):
+        for name in ("beam_size", "best_of", "sample_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DecodingOptionsError(f"{name} must be at least 1, got {value}")
+        if self.max_initial_timestamp is not None and not self.max_initial_timestamp >= 0:
+            raise DecodingOptionsError(f"max_initial_timestamp must be >= 0 seconds, got {self.max_initial_timestamp}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,14 +152,90 @@ def apply_filters(filters: Sequence[LogitFilter], logits: np.ndarray, sampled: S
     return int(np.argmax(out)), out
 
 
-def build_filters(tokenizer: Tokenizer, options: DecodingOptions) -> list[LogitFilter]:
+class ApplyTimestampRules(LogitFilter):
+    """openai-whisper's timestamp rules, per row, on the row's sampled tokens:
+
+    - <|notimestamps|> is never sampled (timestamps were asked for);
+    - timestamps come in pairs (end of one segment, start of the next), except a single one before EOT:
+      after a lone timestamp only another timestamp or EOT; after a pair, no timestamp;
+    - timestamps never decrease, and a segment's end is after its start (the pair rule's nonzero length);
+    - the first token is a timestamp, at most `max_initial_timestamp` seconds;
+    - where the timestamps together are more probable than the best text token, a timestamp is sampled.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_initial_index: int | None) -> None:
+        self.no_timestamps, self.eot = tokenizer.no_timestamps, tokenizer.eot
+        self.begin = tokenizer.timestamp_begin
+        self.max_initial_index = max_initial_index
+
+    def apply(self, logits: np.ndarray, tokens: Sequence[Sequence[int]]) -> None:
+        logits[:, self.no_timestamps] = -np.inf
+        ts = self.begin
+        for k, seq in enumerate(tokens):
+            if not seq:  # the first sampled token: a timestamp, not too late
+                logits[k, :ts] = -np.inf
+                if self.max_initial_index is not None:
+                    logits[k, ts + self.max_initial_index + 1 :] = -np.inf
+            else:
+                last = seq[-1] >= ts
+                penultimate = len(seq) < 2 or seq[-2] >= ts
+                if last:
+                    if penultimate:  # a pair just closed: text (or EOT) next
+                        logits[k, ts:] = -np.inf
+                    else:  # a lone timestamp: its pair or EOT, no text
+                        logits[k, : self.eot] = -np.inf
+                stamps = [t for t in seq if t >= ts]
+                if stamps:
+                    # no decrease; after a pair's first, the same time may close it, otherwise strictly later
+                    floor = stamps[-1] if last and not penultimate else stamps[-1] + 1
+                    logits[k, ts:floor] = -np.inf
+            # sample a timestamp where all timestamps together outweigh the best text token. Both sides
+            # are log-probabilities under one normaliser, so comparing the logits is the same test.
+            text_best = logits[k, :ts].max()
+            stamps_row = logits[k, ts:].astype(np.float64)
+            top = stamps_row.max()
+            if np.isfinite(top) and top + np.log(np.exp(stamps_row - top).sum()) > text_best:
+                logits[k, :ts] = -np.inf
+
+
+TIME_PRECISION = 0.02  # seconds per timestamp token (30 s / n_audio_ctx for every Whisper)
+
+
+def build_filters(tokenizer: Tokenizer, options: DecodingOptions, precision: float = TIME_PRECISION
+                  ) -> list[LogitFilter]:
+    """openai-whisper's filters, in its order: blank suppression, the suppressed set, the timestamp rules."""
     filters: list[LogitFilter] = []
     if options.suppress_blank:
         filters.append(SuppressBlank(tokenizer))
     ids = suppression_ids(tokenizer, options.suppress_tokens)
     if ids:
         filters.append(SuppressTokens(ids))
+    if not options.without_timestamps:
+        initial = (None if options.max_initial_timestamp is None
+                   else round(options.max_initial_timestamp / precision))
+        filters.append(ApplyTimestampRules(tokenizer, initial))
     return filters
+
+
+def initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, n_text_ctx: int, sample_len: int) -> list[int]:
+    """openai-whisper's `_get_initial_tokens`: [<|startofprev|> prompt] start sequence [prefix]."""
+    tokens = tokenizer.sot_sequence(options.language, options.task, timestamps=not options.without_timestamps)
+    if options.prefix:
+        prefix = (tokenizer.encode(" " + options.prefix.strip()) if isinstance(options.prefix, str)
+                  else list(options.prefix))
+        # openai's slice, Python semantics included: at the default sample_len it is [-0:], the whole prefix
+        tokens = tokens + prefix[-(n_text_ctx // 2 - sample_len):]
+    if options.prompt:
+        prompt = (tokenizer.encode(" " + options.prompt.strip()) if isinstance(options.prompt, str)
+                  else list(options.prompt))
+        tokens = [tokenizer.sot_prev] + prompt[-(n_text_ctx // 2 - 1):] + tokens
+    return tokens
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes over zlib-compressed bytes (openai-whisper's): a looping transcript compresses well."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:  # [n] -> [n]
@@ -431,6 +515,8 @@ class DecodingResult:
     finished: str  # "eot" or "budget"
     sum_logprob: float = 0.0
     candidates: list[Candidate] = field(default_factory=list)  # every finished sequence, ranked from these
+    temperature: float = 0.0
+    compression_ratio: float = float("nan")  # of `text`, zlib: openai-whisper's repetition measure
     events: list[TraceEvent] = field(default_factory=list)
 
 
@@ -457,11 +543,14 @@ class Decoder:
         # a factory: each run gets a fresh strategy (a sampling run its own generator, seeded)
         self.strategy = strategy or (lambda: token_decoder(self.options))
         dims = backend.dims
-        self.sample_len = self.options.sample_len or dims.n_text_ctx // 2
-        self.start_sequence = tokenizer.sot_sequence(self.options.language, self.options.task)
-        if len(self.start_sequence) + self.sample_len > dims.n_text_ctx:
-            raise DecodingOptionsError(f"start sequence {len(self.start_sequence)} + sample_len {self.sample_len} "
-                                       f"exceeds n_text_ctx {dims.n_text_ctx}")
+        sample_len = self.options.sample_len or dims.n_text_ctx // 2
+        self.start_sequence = initial_tokens(tokenizer, self.options, dims.n_text_ctx, sample_len)
+        # openai-whisper's loop also stops once the sequence is longer than the context: the last token
+        # sampled is never fed, so n_text_ctx + 1 tokens in all (a 223-token prompt still leaves 224)
+        self.sample_len = min(sample_len, dims.n_text_ctx + 1 - len(self.start_sequence))
+        if self.sample_len < 1:
+            raise DecodingOptionsError(f"start sequence of {len(self.start_sequence)} tokens leaves no room in "
+                                       f"n_text_ctx {dims.n_text_ctx}")
 
     @property
     def rows_per_window(self) -> int:
@@ -628,12 +717,14 @@ class BatchRun:
             raise RuntimeError(f"result_of({index}) before its window is done")
         best = self.strategy.rank(g)
         tokens = list(best.tokens)
+        text = self.d.tokenizer.decode(tokens).strip()
         return DecodingResult(
-            start_sequence=list(self.d.start_sequence), tokens=tokens, text=self.d.tokenizer.decode(tokens).strip(),
+            start_sequence=list(self.d.start_sequence), tokens=tokens, text=text,
             # openai-whisper divides by the sampled length + 1: the EOT (or, at the budget, the EOT that
             # its finalize() appends) counts as a token.
             avg_logprob=best.sum_logprob / (len(tokens) + 1), no_speech_prob=g.no_speech_prob,
             finished=best.finished, sum_logprob=best.sum_logprob, candidates=list(g.candidates), events=self.events,
+            temperature=self.d.options.temperature, compression_ratio=compression_ratio(text),
         )
 
     def result(self) -> DecodingResult:

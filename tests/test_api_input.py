@@ -81,7 +81,7 @@ def test_empty_and_too_short_arrays_give_an_empty_transcript(model: whisperkv.Wh
     # As openai-whisper: no content frame (n < 160 samples), no window, "".
     for n in (0, 159):
         t = model.transcribe(np.zeros(n, np.float32))
-        assert t.text == "" and t.tokens == [] and t.windows == []
+        assert t.text == "" and t.tokens == [] and t.segments == []
 
 
 @pytest.mark.slow  # two real decodes, ~8 s on 2 shared cores

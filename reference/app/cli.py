@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -83,31 +84,77 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
-    """The token-choice options of transcribe and trace, as DecodingOptions keywords."""
+    """The token-choice options of trace (one temperature), as DecodingOptions keywords."""
     return {"beam_size": args.beam_size, "patience": args.patience, "length_penalty": args.length_penalty,
             "temperature": args.temperature, "seed": args.seed,
             # openai-whisper's CLI: best_of applies to sampling only (temperature > 0)
             "best_of": args.best_of if args.temperature > 0 else None}
 
 
+def _temperatures(args: argparse.Namespace) -> tuple[float, ...]:
+    """openai-whisper's CLI: --temperature, then + increment up to 1.0 while a window fails the thresholds."""
+    step = args.temperature_increment_on_fallback
+    if step is None:
+        return (args.temperature,)
+    if not step > 0:
+        raise InputError(f"--temperature_increment_on_fallback must be > 0 (or None), got {step}")
+    count = int((1.0 + 1e-6 - args.temperature) // step) + 1 if args.temperature <= 1.0 else 1
+    return tuple(round(args.temperature + i * step, 10) for i in range(count))
+
+
+def _transcribe_options(args: argparse.Namespace) -> dict:
+    """transcribe()'s keywords from openai-whisper's CLI flags."""
+    return {
+        "temperature": _temperatures(args), "best_of": args.best_of, "beam_size": args.beam_size,
+        "patience": args.patience, "length_penalty": args.length_penalty, "seed": args.seed,
+        "suppress_tokens": args.suppress_tokens, "initial_prompt": args.initial_prompt,
+        "carry_initial_prompt": args.carry_initial_prompt,
+        "condition_on_previous_text": args.condition_on_previous_text,
+        "compression_ratio_threshold": args.compression_ratio_threshold,
+        "logprob_threshold": args.logprob_threshold, "no_speech_threshold": args.no_speech_threshold,
+        "word_timestamps": args.word_timestamps, "prepend_punctuations": args.prepend_punctuations,
+        "append_punctuations": args.append_punctuations, "clip_timestamps": args.clip_timestamps,
+        "hallucination_silence_threshold": args.hallucination_silence_threshold,
+        "without_timestamps": args.without_timestamps, "language": args.language, "task": args.task,
+    }
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     from ..audio import open_audio
     from ..transcribe import load_model
+    from .writers import WriterOptions, check_options, format_timestamp, write_result
 
+    if args.threads:  # read by the TVM runtime when it starts (the backends import it lazily)
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    writing = args.output_dir is not None or args.output_format is not None
+    writer = WriterOptions(max_line_width=args.max_line_width, max_line_count=args.max_line_count,
+                           max_words_per_line=args.max_words_per_line, highlight_words=args.highlight_words)
+    for warning in check_options(writer, args.word_timestamps):  # (the impossible combinations raise)
+        print(f"whisperkv: warning: {warning}", file=sys.stderr)
+    output_dir, output_format = args.output_dir or ".", args.output_format or "all"
+    if writing:
+        os.makedirs(output_dir, exist_ok=True)
     model = load_model(args.model, backend=args.backend)
-    options = _decoding_options(args)
+    options = _transcribe_options(args)
     # Every file is read once before anything is printed: a bad file fails the run with no partial output.
     sources = [open_audio(path, model.dims.n_mels) for path in args.audio]
     total = sum(source.duration for source in sources)
     desc = os.path.basename(sources[0].name) if len(sources) == 1 else f"{len(sources)} files"
-    with progress_bar(total, desc, _show_progress(args)) as progress:
-        # the windows of all the files are decoded in batches; each file is printed once it is finished
-        for t in model.transcribe_many(sources, language=args.language, task=args.task, progress=progress,
-                                       batch_size=args.batch_size, **options):
+
+    def show(segment: dict) -> None:  # --verbose: openai-whisper's line per segment, on stderr (stdout: results)
+        print(f"[{format_timestamp(segment['start'])} --> {format_timestamp(segment['end'])}] {segment['text']}",
+              file=sys.stderr, flush=True)
+
+    with progress_bar(total, desc, _show_progress(args) and not args.verbose) as progress:
+        for t, path in zip(model.transcribe_many(sources, progress=progress, batch_size=args.batch_size,
+                                                 on_segment=show if args.verbose else None, **options),
+                           args.audio, strict=True):
+            if writing:
+                write_result(t.as_dict(), path, output_dir, output_format, writer)
             if args.format == "json":
                 emit(json.dumps(t.as_dict(), ensure_ascii=False))
             else:
-                emit(t.text if len(sources) == 1 else f"{t.audio}: {t.text}")
+                emit(t.text.strip() if len(sources) == 1 else f"{t.audio}: {t.text.strip()}")
     return 0
 
 
@@ -197,10 +244,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+def _bool(text: str) -> bool:
+    """openai-whisper's str2bool: True or False (any case)."""
+    value = {"true": True, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected True or False")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    if text == "None":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or None)") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be finite")
+    return value
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text == "None" else _positive_int(text)
+
+
+def _add_decoding_arguments(p: argparse.ArgumentParser, fallback: bool = False) -> None:
     """Token choice, under openai-whisper's CLI names (the dashed spellings are accepted too)."""
     p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 (default): the most probable tokens; > 0: sample from softmax(logits / temperature)")
+                   help="0 (default): the most probable tokens; > 0: sample from softmax(logits / temperature)"
+                        + ("; the first of the fallback temperatures" if fallback else ""))
     p.add_argument("--best_of", "--best-of", type=_positive_int, default=5,
                    help="samples per window when temperature > 0, the most likely kept (default 5)")
     p.add_argument("--beam_size", "--beam-size", type=_positive_int, default=None,
@@ -217,26 +289,77 @@ def build_parser() -> argparse.ArgumentParser:
     from whisperkv import __version__
 
     from ..registry import available_backends
-    from ..transcribe import DEFAULT_BATCH_SIZE
+    from ..transcribe import APPEND_PUNCTUATIONS, DEFAULT_BATCH_SIZE, PREPEND_PUNCTUATIONS
+    from .writers import OUTPUT_FORMATS
 
     backends = available_backends()
     parser = argparse.ArgumentParser(prog="whisperkv", description="Whisper through a decoding loop you can check.")
     parser.add_argument("--version", action="version", version=f"whisperkv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("transcribe", help="transcribe audio files (no timestamps)")
-    t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, ...; any rate and channel count)")
+    t = sub.add_parser("transcribe", help="transcribe audio files: openai-whisper's transcribe(), its flags and files")
+    t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, ...; m4a, mp4, aac through PyAV)")
     t.add_argument("--backend", default="numpy", choices=backends)
     t.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
-    t.add_argument("--format", default="txt", choices=["txt", "json"])
-    t.add_argument("--language", default=None, help="language code (multilingual checkpoints)")
+    t.add_argument("--format", default="txt", choices=["txt", "json"],
+                   help="stdout: the text, or one JSON object per file (openai's result keys + audio, backend, "
+                        "tokens)")
+    t.add_argument("--output_dir", "--output-dir", "-o", default=None,
+                   help="write result files named after each audio file here (default: none; '.' when only "
+                        "--output_format is given)")
+    t.add_argument("--output_format", "--output-format", "-f", default=None, choices=OUTPUT_FORMATS,
+                   help="files to write (default with --output_dir: all)")
+    t.add_argument("--language", default=None, help="language code (multilingual checkpoints; English otherwise)")
     t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     t.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     t.add_argument("--progress", action="store_true",
                    help="a progress bar on stderr even when it is not a terminal (default: only on a terminal)")
+    t.add_argument("--verbose", type=_bool, default=False,
+                   help="print each segment as it is decoded, on stderr (default False; openai-whisper's True "
+                        "prints on stdout, which whisperkv keeps for results)")
     t.add_argument("--batch_size", "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
-                   help=f"windows decoded as rows of one batch (default {DEFAULT_BATCH_SIZE}); "
+                   help=f"fixed-window mode: windows decoded as rows of one batch (default {DEFAULT_BATCH_SIZE}); "
                         "the tokens do not depend on it")
-    _add_decoding_arguments(t)
+    t.add_argument("--threads", type=int, default=0, help="threads of the tvm backend (default 0: TVM's choice)")
+    _add_decoding_arguments(t, fallback=True)
+    t.add_argument("--temperature_increment_on_fallback", type=_optional_float, default=0.2,
+                   help="temperature added when a window fails the thresholds below, up to 1.0 (default 0.2; "
+                        "None: no fallback)")
+    t.add_argument("--compression_ratio_threshold", type=_optional_float, default=2.4,
+                   help="fall back when the text's zlib compression ratio is above this (default 2.4)")
+    t.add_argument("--logprob_threshold", type=_optional_float, default=-1.0,
+                   help="fall back when the average log-probability is below this (default -1.0)")
+    t.add_argument("--no_speech_threshold", type=_optional_float, default=0.6,
+                   help="a window is silence when <|nospeech|> is this probable and the text improbable (0.6)")
+    t.add_argument("--suppress_tokens", default="-1",
+                   help="comma-separated token ids never sampled; -1: the non-speech symbols (default)")
+    t.add_argument("--initial_prompt", default=None, help="text given as the previous text of the first window")
+    t.add_argument("--carry_initial_prompt", type=_bool, default=False,
+                   help="give the initial prompt to every window, before the previous text (default False)")
+    t.add_argument("--condition_on_previous_text", type=_bool, default=None,
+                   help="give each window the previous window's text (default True; False with "
+                        "--without_timestamps)")
+    t.add_argument("--without_timestamps", type=_bool, nargs="?", const=True, default=False,
+                   help="whisperkv's fixed-window mode: consecutive 30 s windows without timestamps, decoded "
+                        "in batches (default False)")
+    t.add_argument("--word_timestamps", type=_bool, default=False,
+                   help="time every word (openai's cross-attention alignment; default False)")
+    t.add_argument("--prepend_punctuations", default=PREPEND_PUNCTUATIONS,
+                   help="with word timestamps: these join the next word")
+    t.add_argument("--append_punctuations", default=APPEND_PUNCTUATIONS,
+                   help="with word timestamps: these join the previous word")
+    t.add_argument("--clip_timestamps", default="0",
+                   help="start,end,start,end,... seconds of the audio to transcribe (default 0: all)")
+    t.add_argument("--hallucination_silence_threshold", type=_optional_float, default=None,
+                   help="with word timestamps: skip silences longer than this many seconds around a probable "
+                        "hallucination")
+    t.add_argument("--max_line_width", type=_optional_int, default=None,
+                   help="subtitles: characters per line before a break (needs --word_timestamps)")
+    t.add_argument("--max_line_count", type=_optional_int, default=None,
+                   help="subtitles: lines per cue (needs --max_line_width)")
+    t.add_argument("--max_words_per_line", type=_optional_int, default=None,
+                   help="subtitles: words per cue (needs --word_timestamps; ignored with --max_line_width)")
+    t.add_argument("--highlight_words", type=_bool, default=False,
+                   help="subtitles: underline each word as it is spoken (needs --word_timestamps)")
     t.set_defaults(run=_transcribe)
 
     tr = sub.add_parser("trace", help="print the state machine's transitions and the KV slots, step by step")
