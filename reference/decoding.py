@@ -219,7 +219,9 @@ def build_filters(tokenizer: Tokenizer, options: DecodingOptions, precision: flo
 
 def initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, n_text_ctx: int, sample_len: int) -> list[int]:
     """openai-whisper's `_get_initial_tokens`: [<|startofprev|> prompt] start sequence [prefix]."""
-    tokens = tokenizer.sot_sequence(options.language, options.task, timestamps=not options.without_timestamps)
+    # (asked for timestamps only when wanted: a tokenizer-like of verify or the seed demo knows no timestamps)
+    tokens = (tokenizer.sot_sequence(options.language, options.task) if options.without_timestamps
+              else tokenizer.sot_sequence(options.language, options.task, timestamps=True))
     if options.prefix:
         prefix = (tokenizer.encode(" " + options.prefix.strip()) if isinstance(options.prefix, str)
                   else list(options.prefix))

@@ -105,8 +105,9 @@ class ToyTokenizer:
         self.start, self.eot, self.no_speech = list(start), n_vocab - 1, None
         self.sot = self.start[0]
 
-    def sot_sequence(self, language: str | None = None, task: str = "transcribe") -> list[int]:
-        return list(self.start)
+    def sot_sequence(self, language: str | None = None, task: str = "transcribe", timestamps: bool = False
+                     ) -> list[int]:
+        return list(self.start)  # (the toy model has no timestamps: always this start)
 
     def token_text(self, token: int) -> str:  # what verify's messages print for a token
         return f"<{token}>"

@@ -130,3 +130,40 @@ def test_a_hugging_face_folder_transcribes_like_the_bundled_model(tiny_en, tmp_p
     p = whisperkv("transcribe", JFK, "--model", folder, "--format", "json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["tokens"] == tiny_en.transcribe(JFK).tokens
+
+
+def test_output_files_verbose_and_word_subtitles(tmp_path: Path) -> None:
+    out = tmp_path / "subs"
+    clip = AUDIO_DIR / "pocketsphinx_goforward.wav"
+    p = whisperkv("transcribe", clip, "-o", out, "--output_format", "all", "--verbose", "True", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    names = sorted(f.name for f in out.iterdir())
+    assert names == [f"pocketsphinx_goforward.{ext}" for ext in ("json", "srt", "tsv", "txt", "vtt")]
+    assert json.loads((out / "pocketsphinx_goforward.json").read_text()) == result  # the same result, whole
+    assert (out / "pocketsphinx_goforward.txt").read_text() == "Go forward 10 meters.\n"
+    # --verbose: openai's segment lines, on stderr (stdout carries the result only)
+    segment = result["segments"][0]
+    assert "--> 00:0" in p.stderr and segment["text"] in p.stderr
+    # word-level subtitles: the layout options need word timestamps, as openai-whisper's CLI says
+    p = whisperkv("transcribe", clip, "-o", out, "-f", "srt", "--word_timestamps", "True",
+                  "--max_words_per_line", "2", "--quiet")
+    assert p.returncode == 0, p.stderr
+    cues = (out / "pocketsphinx_goforward.srt").read_text().strip().split("\n\n")
+    assert len(cues) == 2 and cues[0].splitlines()[2] == "Go forward"  # 4 words, 2 per cue
+    p = whisperkv("transcribe", clip, "-o", out, "--highlight_words", "True")
+    assert p.returncode == 2 and "--word_timestamps" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_flags_reach_the_driver() -> None:
+    clip = AUDIO_DIR / "pocketsphinx_goforward.wav"
+    fixed = json.loads(whisperkv("transcribe", clip, "--without_timestamps", "--format", "json").stdout)
+    assert all(t < 50257 for s in fixed["segments"] for t in s["tokens"])  # no timestamp tokens
+    clipped = whisperkv("transcribe", clip, "--clip_timestamps", "1.5", "--format", "json")
+    assert clipped.returncode == 0, clipped.stderr
+    assert json.loads(clipped.stdout)["segments"][0]["seek"] == 150
+    for bad, why in ((["--condition_on_previous_text", "maybe"], "True or False"),
+                     (["--no_speech_threshold", "nan"], "finite"),
+                     (["--hallucination_silence_threshold", "2"], "needs word_timestamps")):
+        p = whisperkv("transcribe", clip, *bad)
+        assert p.returncode == 2 and why in p.stderr and "Traceback" not in p.stderr, (bad, p.stderr)

@@ -371,3 +371,38 @@ def test_words_equal_openai_transcribe_on_the_same_samples(tiny_en, name: str) -
     for s in want["segments"]:  # (the one deliberate difference: times past the audio are its end)
         s["start"], s["end"] = min(s["start"], duration), min(s["end"], duration)
     assert_words_equal(got, want)
+
+
+def words_segment(start: float, end: float, probability: float, n: int = 3) -> dict:
+    step = (end - start) / n
+    words = [{"word": f" w{i}", "start": start + i * step, "end": start + (i + 1) * step, "probability": probability}
+             for i in range(n)]
+    return {"start": start, "end": end, "words": words}
+
+
+def test_hallucination_silence_rules_are_openai_whispers() -> None:
+    from whisperkv.reference.transcribe import _skip_hallucinations
+
+    window = {"seek": 0, "previous_seek": 0, "segment_size": 3000, "single_ending": False, "time_offset": 0.0,
+              "window_end_time": 30.0, "segment_duration": 30.0, "last_speech_timestamp": 0.0,
+              "content_duration": 60.0, "content_frames": 6000}
+
+    def skip(current: list, threshold: float = 2.0, **changes) -> tuple:
+        w = {**window, **changes}
+        return _skip_hallucinations(current, threshold, w["seek"], w["previous_seek"], w["segment_size"],
+                                    w["single_ending"], w["time_offset"], w["window_end_time"],
+                                    w["segment_duration"], w["last_speech_timestamp"], w["content_duration"],
+                                    w["content_frames"])
+
+    speech = words_segment(0.5, 4.0, 0.9)
+    # probable words: nothing is skipped (seek: the last word's end, 4 s, as the silence after it is long)
+    assert skip([speech]) == (400, [speech], False)
+    # improbable, very short words after 10 s of silence: decode again from where they start
+    garbage = words_segment(10.0, 10.3, 0.05)
+    assert skip([garbage])[::2] == (1000, True)
+    # a hallucination surrounded by silence after real speech: dropped, seek at its start
+    late = words_segment(15.0, 15.3, 0.05)
+    seek, kept, again = skip([speech, late])
+    assert (seek, kept, again) == (1500, [speech], False)
+    # the same near the end of the audio: the rest of the file is silence, seek goes to the end
+    assert skip([speech, late], content_duration=16.0)[0] == 6000
