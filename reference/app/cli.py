@@ -119,6 +119,36 @@ def _transcribe_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _corpus_mode(args: argparse.Namespace) -> bool:
+    return bool(args.manifest or args.jobs > 1 or args.cluster or args.files_from
+                or any(os.path.isdir(a) for a in args.audio))
+
+
+def _transcribe_corpus(args: argparse.Namespace, writer: object) -> int:
+    """Folders, lists, several workers, a manifest (reference/app/corpus.py): finishing order, resumable."""
+    from . import corpus
+    from .writers import write_result
+
+    inputs = corpus.collect_inputs(args.audio, args.files_from)
+    options = {**_transcribe_options(args), "batch_size": args.batch_size}
+
+    def show(record: dict) -> None:
+        if record["status"] == "ok" and (args.output_dir is not None or args.output_format is not None):
+            write_result(record["result"], record["path"], args.output_dir or ".", args.output_format or "all", writer)
+        if args.format == "json":
+            emit(json.dumps(record, ensure_ascii=False))
+        elif record["status"] == "ok":
+            emit(f"{record['path']}: {record['result']['text'].strip()}")
+        else:
+            print(f"whisperkv: {record['status']}: {record['error']}", file=sys.stderr)
+
+    summary = corpus.run(inputs, model=args.model, backend=args.backend, options=options,
+                         manifest_path=args.manifest, jobs=args.jobs, cluster=args.cluster, retries=args.retries,
+                         on_record=show, progress=not args.quiet)
+    print(f"whisperkv: {summary.line()}", file=sys.stderr)
+    return 0 if summary.errors == summary.failed == 0 else EXIT_DIVERGE
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     from ..audio import open_audio
     from ..transcribe import load_model
@@ -134,6 +164,10 @@ def _transcribe(args: argparse.Namespace) -> int:
     output_dir, output_format = args.output_dir or ".", args.output_format or "all"
     if writing:
         os.makedirs(output_dir, exist_ok=True)
+    if _corpus_mode(args):
+        return _transcribe_corpus(args, writer)
+    if not args.audio:
+        raise InputError("no audio files given")
     model = load_model(args.model, backend=args.backend)
     options = _transcribe_options(args)
     # Every file is read once before anything is printed: a bad file fails the run with no partial output.
@@ -297,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"whisperkv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("transcribe", help="transcribe audio files: openai-whisper's transcribe(), its flags and files")
-    t.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, ...; m4a, mp4, aac through PyAV)")
+    t.add_argument("audio", nargs="*", help="audio files (wav, flac, ogg, mp3, ...; m4a, mp4, aac through PyAV) or "
+                   "folders (searched recursively)")
     t.add_argument("--backend", default="numpy", choices=backends)
     t.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
     t.add_argument("--format", default="txt", choices=["txt", "json"],
@@ -320,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"fixed-window mode: windows decoded as rows of one batch (default {DEFAULT_BATCH_SIZE}); "
                         "the tokens do not depend on it")
     t.add_argument("--threads", type=int, default=0, help="threads of the tvm backend (default 0: TVM's choice)")
+    t.add_argument("--files_from", "--files-from", default=None, metavar="LIST",
+                   help="also transcribe the files named in LIST, one path per line")
+    t.add_argument("--manifest", default=None, metavar="FILE.jsonl",
+                   help="append one JSON record per finished file; a rerun skips the files already recorded")
+    t.add_argument("--jobs", "-j", type=_positive_int, default=1,
+                   help="local worker processes, each loading the model once (Dask; default 1: this process)")
+    t.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:8786) whose workers transcribe the files")
+    t.add_argument("--retries", type=int, default=2,
+                   help="with --jobs/--cluster: times a file whose worker died is tried again (default 2)")
     _add_decoding_arguments(t, fallback=True)
     t.add_argument("--temperature_increment_on_fallback", type=_optional_float, default=0.2,
                    help="temperature added when a window fails the thresholds below, up to 1.0 (default 0.2; "
