@@ -111,11 +111,13 @@ def same_audio_input(name: str) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SAME_AUDIO)
-def test_segments_equal_openai_transcribe_on_the_same_samples(tiny_en, name: str) -> None:
+@pytest.mark.parametrize("backend", ["numpy", "tvm"])
+def test_segments_equal_openai_transcribe_on_the_same_samples(tiny_en, request, backend: str, name: str) -> None:
+    model = tiny_en if backend == "numpy" else request.getfixturevalue("tiny_en_tvm")
     want = openai_results("openai_transcribe_whisperkv_audio.json")["clips"][name]["default"]
     samples = same_audio_input(name)
     duration = len(samples) // 160 * 160 / SAMPLE_RATE  # the content frames' duration, as transcribe() has it
-    got = tiny_en.transcribe(samples)
+    got = model.transcribe(samples)
     assert_segments_equal(got, want, duration)
     assert all(0 <= s["start"] <= s["end"] <= duration for s in got["segments"])
 
