@@ -82,16 +82,20 @@ Read it top to bottom:
 ## When a backend gets it wrong
 
 `whisperkv verify` runs a candidate beside the numpy reference on the same inputs, feeding both the
-reference's tokens, and compares the encoder output, the logits and every slot at every stage. The first
-stage outside the tolerance is reported, and the classic bugs of `reference/mutants.py` are replayed to
-name the cause. A correct backend:
+reference's tokens, and compares everything the protocol returns at every stage: the encoder output, the
+logits of every start position, every slot (shapes, dtypes, absolute and relative differences). The first
+stage outside the tolerance is reported and located (`where`: the window, the part of the model, the
+layer); a signature rule, or a replay of the bugs of `reference/checks/mutants.py` that fit the evidence,
+names the cause; the comparison then goes on to the end, and `IMPACT` says what the user would see
+([verify.md](verify.md)). A correct backend:
 
 ```
 {agree}
 ```
 
 The seed's second bug, cross-attention K/V left as the zero-filled placeholders (the decoder then never
-hears the audio), is caught at prefill: the cross slots differ, and the transcript goes elsewhere.
+hears the audio), is caught at prefill: layer 0's self slots agree (they come before any cross-attention),
+its cross slots are all zeros, and the transcript goes elsewhere.
 
 ```
 {zero_cross}

@@ -232,23 +232,33 @@ def _trace(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ..audio import open_audio
     from ..checks.candidates import resolve_candidate
-    from ..checks.verify import Tolerance, verify
+    from ..checks.verify import Tolerance, summary_table, time_line, verify
     from ..model import NumpyModel
     from ..tokenizer import Tokenizer
     from ..weights import load_checkpoint
+    from .corpus import collect_inputs
 
     checkpoint = load_checkpoint(args.model)
-    source = open_audio(args.audio, checkpoint.dims.n_mels)
+    # every file is opened (and refused if bad) before any work
+    sources = [open_audio(path, checkpoint.dims.n_mels) for path in collect_inputs(args.audio)]
     tokenizer = Tokenizer(checkpoint.tokenizer_path, multilingual=checkpoint.dims.is_multilingual)
     candidate = resolve_candidate(args.candidate, checkpoint, tokenizer)
-    windows = [mel for _, mel in source.mel_windows(checkpoint.dims.n_mel_frames)]
-    report = verify(NumpyModel(checkpoint), candidate, tokenizer, checkpoint, windows, audio=args.audio,
-                    tolerance=Tolerance(relative=args.tolerance))
+    reports = []
+    for source in sources:
+        windows = [mel for _, mel in source.mel_windows(checkpoint.dims.n_mel_frames)]
+        report = verify(NumpyModel(checkpoint), candidate, tokenizer, checkpoint, windows, audio=str(source.name),
+                        tolerance=Tolerance(relative=args.tolerance))
+        reports.append(report)
+        print(f"whisperkv: {source.name}: {time_line(report)}", file=sys.stderr)  # differs run to run: not stdout
+        if args.format == "text":
+            emit("\n".join(describe(report, tokenizer)))
     if args.format == "json":
-        emit(json.dumps(report.as_dict(), ensure_ascii=False))
-    else:
-        emit("\n".join(describe(report, tokenizer)))
-    return 0 if report.agree else EXIT_DIVERGE
+        body = reports[0].as_dict() if len(reports) == 1 else {"agree": all(r.agree for r in reports),
+                                                                "files": [r.as_dict() for r in reports]}
+        emit(json.dumps(body, ensure_ascii=False))
+    elif len(reports) > 1:
+        emit("\n".join(summary_table(reports)))
+    return 0 if all(r.agree for r in reports) else EXIT_DIVERGE
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -416,8 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_arguments(tr)
     tr.set_defaults(run=_trace)
 
-    v = sub.add_parser("verify", help="run a candidate beside the reference and report the first divergence")
-    v.add_argument("audio")
+    v = sub.add_parser("verify", help="run a candidate beside the reference: the first divergence, its place, cause "
+                       "and impact")
+    v.add_argument("audio", nargs="+", help="audio files, or folders of them (a summary table follows several)")
     v.add_argument("--candidate", required=True,
                    help="backend name, mutant:NAME, python:MODULE:FACTORY, or a folder (ONNX export, libraries)")
     v.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
