@@ -159,3 +159,23 @@ def test_ctrl_c_leaves_a_manifest_that_a_rerun_completes(folder: Path, tmp_path:
     assert len(records) == 4 and len({r["path"] for r in records}) == 4 and records[: len(first)] == first
     assert f"{len(first)} already in the manifest" in rerun.stderr
     assert sys.executable  # (the same interpreter ran both: WHISPERKV)
+
+
+@pytest.mark.slow  # two verifications of a short clip (a mutant's diagnosis replays the reference)
+def test_verify_over_a_corpus_records_agreement_and_causes(folder: Path, tmp_path: Path) -> None:
+    inputs = [str(folder / SHORT[0]), str(folder / "sub" / "broken.wav")]
+    manifest = tmp_path / "verify.jsonl"
+    summary = corpus.run(inputs, model=None, backend="numpy", options={}, manifest_path=str(manifest),
+                         progress=False, candidate="mutant:cache_cut", tolerance=1e-3)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    good = next(r for r in records if r["status"] == "ok")
+    assert good["agree"] is False and good["cause"] == "self cache cut short" and good["report"]["agree"] is False
+    assert (summary.ok, summary.errors, summary.agree, summary.causes) == (1, 1, 0, {"self cache cut short": 1})
+    assert "0 agree, 1 diverge (1 self cache cut short)" in summary.line()
+    again = corpus.run(inputs, model=None, backend="numpy", options={}, manifest_path=str(manifest),
+                       progress=False, candidate="mutant:cache_cut", tolerance=1e-3)
+    assert again.skipped == 2
+    # the reference against itself agrees; another candidate is other work (its own settings)
+    same = corpus.run(inputs[:1], model=None, backend="numpy", options={}, manifest_path=str(manifest),
+                      progress=False, candidate="numpy", tolerance=1e-3)
+    assert (same.ok, same.agree, same.skipped) == (1, 1, 0)

@@ -229,6 +229,27 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_corpus(args: argparse.Namespace) -> int:
+    """verify over a corpus: one record per file in the manifest (the report, agree, cause), resumable."""
+    from . import corpus
+
+    inputs = corpus.collect_inputs(args.audio, args.files_from)
+
+    def show(record: dict) -> None:
+        if args.format == "json":
+            emit(json.dumps(record, ensure_ascii=False))
+        elif record["status"] == "ok":
+            emit(f"{record['path']}: " + ("agree" if record["agree"] else f"DIVERGE: {record['cause']}"))
+        else:
+            print(f"whisperkv: {record['status']}: {record['error']}", file=sys.stderr)
+
+    summary = corpus.run(inputs, model=args.model, backend="numpy", options={}, manifest_path=args.manifest,
+                         jobs=args.jobs, cluster=args.cluster, retries=args.retries, on_record=show,
+                         progress=sys.stderr.isatty(), candidate=args.candidate, tolerance=args.tolerance)
+    print(f"whisperkv: {summary.line()}", file=sys.stderr)
+    return 0 if summary.errors == summary.failed == 0 and summary.agree == summary.ok else EXIT_DIVERGE
+
+
 def _verify(args: argparse.Namespace) -> int:
     from ..audio import open_audio
     from ..checks.candidates import resolve_candidate
@@ -238,6 +259,10 @@ def _verify(args: argparse.Namespace) -> int:
     from ..weights import load_checkpoint
     from .corpus import collect_inputs
 
+    if args.manifest or args.jobs > 1 or args.cluster or args.files_from:
+        return _verify_corpus(args)
+    if not args.audio:
+        raise InputError("no audio files given")
     checkpoint = load_checkpoint(args.model)
     # every file is opened (and refused if bad) before any work
     sources = [open_audio(path, checkpoint.dims.n_mels) for path in collect_inputs(args.audio)]
@@ -312,6 +337,20 @@ def _optional_int(text: str) -> int | None:
     return None if text == "None" else _positive_int(text)
 
 
+def _add_corpus_arguments(p: argparse.ArgumentParser) -> None:
+    """Corpus scale (reference/app/corpus.py, docs/corpus.md): lists, a resumable manifest, workers."""
+    p.add_argument("--files_from", "--files-from", default=None, metavar="LIST",
+                   help="also take the files named in LIST, one path per line")
+    p.add_argument("--manifest", default=None, metavar="FILE.jsonl",
+                   help="append one JSON record per finished file; a rerun skips the files already recorded")
+    p.add_argument("--jobs", "-j", type=_positive_int, default=1,
+                   help="local worker processes, each loading the model once (Dask; default 1: this process)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:8786) whose workers take the files")
+    p.add_argument("--retries", type=int, default=2,
+                   help="with --jobs/--cluster: times a file whose worker died is tried again (default 2)")
+
+
 def _add_decoding_arguments(p: argparse.ArgumentParser, fallback: bool = False) -> None:
     """Token choice, under openai-whisper's CLI names (the dashed spellings are accepted too)."""
     p.add_argument("--temperature", type=float, default=0.0,
@@ -365,16 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"fixed-window mode: windows decoded as rows of one batch (default {DEFAULT_BATCH_SIZE}); "
                         "the tokens do not depend on it")
     t.add_argument("--threads", type=int, default=0, help="threads of the tvm backend (default 0: TVM's choice)")
-    t.add_argument("--files_from", "--files-from", default=None, metavar="LIST",
-                   help="also transcribe the files named in LIST, one path per line")
-    t.add_argument("--manifest", default=None, metavar="FILE.jsonl",
-                   help="append one JSON record per finished file; a rerun skips the files already recorded")
-    t.add_argument("--jobs", "-j", type=_positive_int, default=1,
-                   help="local worker processes, each loading the model once (Dask; default 1: this process)")
-    t.add_argument("--cluster", default=None, metavar="ADDRESS",
-                   help="an existing Dask scheduler (tcp://host:8786) whose workers transcribe the files")
-    t.add_argument("--retries", type=int, default=2,
-                   help="with --jobs/--cluster: times a file whose worker died is tried again (default 2)")
+    _add_corpus_arguments(t)
     _add_decoding_arguments(t, fallback=True)
     t.add_argument("--temperature_increment_on_fallback", type=_optional_float, default=0.2,
                    help="temperature added when a window fails the thresholds below, up to 1.0 (default 0.2; "
@@ -428,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="run a candidate beside the reference: the first divergence, its place, cause "
                        "and impact")
-    v.add_argument("audio", nargs="+", help="audio files, or folders of them (a summary table follows several)")
+    v.add_argument("audio", nargs="*", help="audio files, or folders of them (a summary table follows several)")
     v.add_argument("--candidate", required=True,
                    help="backend name, mutant:NAME, python:MODULE:FACTORY, or a folder (ONNX export, libraries)")
     v.add_argument("--model", default=None, help="checkpoint folder (default: the bundled tiny.en)")
@@ -436,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tolerance", type=positive_tolerance, default=DEFAULT_TOLERANCE,
                    help="relative tolerance on features, logits and slots, a finite number > 0 "
                         f"(default {DEFAULT_TOLERANCE:g}: fp32 backends)")
+    _add_corpus_arguments(v)
     v.set_defaults(run=_verify)
 
     cs = sub.add_parser("conformance", help="the pytest conformance suite: one test per property a backend must have")

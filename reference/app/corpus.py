@@ -1,6 +1,7 @@
 """Corpus scale: thousands of files, several processes or machines, resumable (docs/corpus.md).
 
     whisperkv transcribe FOLDER [FILE ...] [--files_from LIST] --manifest run.jsonl [--jobs N | --cluster ADDR]
+    whisperkv verify FOLDER --candidate SPEC --manifest run.jsonl [--jobs N | --cluster ADDR]
 
 The files (folders are searched recursively for audio) are transcribed by workers that each load the
 model once and keep it: in this process (the default), in N local worker processes (`--jobs N`), or on
@@ -21,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,38 @@ def _model(model: str | None, backend: str) -> Any:
     return _MODELS[(model, backend)]
 
 
+def verify_file(path: str, model: str | None, candidate: str, tolerance: float) -> dict[str, Any]:
+    """One file verified -> {"status": "ok", "agree", "cause", "report", ...} or a bad-input error."""
+    from ..audio import open_audio
+    from ..checks.candidates import resolve_candidate
+    from ..checks.verify import Tolerance, verify
+    from ..model import NumpyModel
+
+    t = time.perf_counter()
+    try:
+        whisper = _model(model, "numpy")  # the reference, with its checkpoint and tokenizer
+        key = (model, f"candidate:{candidate}")
+        if key not in _MODELS:
+            _MODELS[key] = resolve_candidate(candidate, whisper.checkpoint, whisper.tokenizer)
+        source = open_audio(path, whisper.dims.n_mels)
+        windows = [mel for _, mel in source.mel_windows(whisper.dims.n_mel_frames)]
+        report = verify(NumpyModel(whisper.checkpoint), _MODELS[key], whisper.tokenizer, whisper.checkpoint, windows,
+                        audio=path, tolerance=Tolerance(relative=tolerance))
+    except InputError as e:
+        return {"status": "error", "error": str(e), "seconds": time.perf_counter() - t}
+    cause = None if report.agree or report.diagnosis is None else report.diagnosis.cause
+    return {"status": "ok", "agree": report.agree, "cause": cause, "report": report.as_dict(),
+            "audio_seconds": source.duration, "seconds": time.perf_counter() - t, "worker_pid": os.getpid()}
+
+
+TASKS: dict[str, Callable[..., dict[str, Any]]] = {}  # filled below: "transcribe", "verify"
+
+
+def run_task(kind: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
+    """What a worker runs for one file (module-level, so that Dask sends it by name)."""
+    return TASKS[kind](path, **args)
+
+
 def transcribe_file(path: str, model: str | None, backend: str, options: dict[str, Any]) -> dict[str, Any]:
     """One file -> {"status": "ok", "result", "audio_seconds", "seconds"} or {"status": "error", "error"}."""
     from ..audio import open_audio
@@ -182,8 +215,11 @@ def transcribe_file(path: str, model: str | None, backend: str, options: dict[st
             "seconds": time.perf_counter() - t, "worker_pid": os.getpid()}
 
 
+TASKS.update(transcribe=lambda path, **a: transcribe_file(path, **a), verify=lambda path, **a: verify_file(path, **a))
+
+
 # ----------------------------------------------------------------------------------------------
-# Runners: where the files are transcribed
+# Runners: where the files are processed
 
 
 @dataclass
@@ -196,12 +232,12 @@ class Job:
 Finished = tuple[Job, dict[str, Any]]
 
 
-def run_here(jobs: Sequence[Job], model: str | None, backend: str, options: dict[str, Any]) -> Iterator[Finished]:
+def run_here(jobs: Sequence[Job], kind: str, args: dict[str, Any]) -> Iterator[Finished]:
     for job in jobs:
-        yield job, transcribe_file(job.path, model, backend, options)
+        yield job, run_task(kind, job.path, args)
 
 
-def run_dask(jobs: Sequence[Job], model: str | None, backend: str, options: dict[str, Any], *,
+def run_dask(jobs: Sequence[Job], kind: str, args: dict[str, Any], *,
              n_workers: int | None = None, address: str | None = None, retries: int = DEFAULT_RETRIES,
              threads_per_worker: int | None = None) -> Iterator[Finished]:
     """On a local cluster of n_workers processes (loopback only), or on the scheduler at `address`."""
@@ -227,8 +263,7 @@ def run_dask(jobs: Sequence[Job], model: str | None, backend: str, options: dict
             except OSError as e:
                 raise CorpusError(f"--cluster {address}: cannot reach the scheduler ({e})") from None
         try:
-            futures = {client.submit(transcribe_file, job.path, model, backend, options, pure=False): job
-                       for job in jobs}
+            futures = {client.submit(run_task, kind, job.path, args, pure=False): job for job in jobs}
             for future in as_completed(futures):
                 job = futures[future]
                 try:
@@ -254,12 +289,19 @@ class Summary:
     failed: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
+    verb: str = "transcribed"
+    agree: int = 0  # verify: files that agree, and the causes of those that diverge
+    causes: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         rate = self.audio_seconds / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.total} file(s): {self.ok} transcribed, {self.errors} bad input, {self.failed} failed, "
+        text = (f"{self.total} file(s): {self.ok} {self.verb}, {self.errors} bad input, {self.failed} failed, "
                 f"{self.skipped} already in the manifest; {self.audio_seconds / 3600:.3f} h of audio in "
                 f"{self.seconds:.1f} s ({rate:.1f}x real time)")
+        if self.verb == "verified":
+            diverge = ", ".join(f"{n} {cause}" for cause, n in sorted(self.causes.items(), key=lambda c: -c[1]))
+            text += f"; {self.agree} agree, {self.ok - self.agree} diverge" + (f" ({diverge})" if diverge else "")
+        return text
 
 
 class Progress:
@@ -288,13 +330,17 @@ class Progress:
 
 def run(inputs: Sequence[str], *, model: str | None, backend: str, options: dict[str, Any],
         manifest_path: str | None, jobs: int = 1, cluster: str | None = None, retries: int = DEFAULT_RETRIES,
-        on_record: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> Summary:
-    """Transcribe `inputs`, appending a record per finished file to the manifest; -> the summary."""
-    settings = {"version": MANIFEST_VERSION, "model": os.path.abspath(model) if model else None, "backend": backend,
-                "options": options}
-    key = settings_key(settings)
+        on_record: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+        candidate: str | None = None, tolerance: float | None = None) -> Summary:
+    """Transcribe `inputs` (or, with `candidate`, verify it on them), appending a record per finished file to
+    the manifest; -> the summary."""
+    kind = "transcribe" if candidate is None else "verify"
+    model = os.path.abspath(model) if model else None
+    args: dict[str, Any] = ({"model": model, "backend": backend, "options": options} if kind == "transcribe" else
+                            {"model": model, "candidate": candidate, "tolerance": tolerance})
+    key = settings_key({"version": MANIFEST_VERSION, "task": kind, **args})
     manifest = Manifest(manifest_path) if manifest_path else None
-    summary = Summary(total=len(inputs))
+    summary = Summary(total=len(inputs), verb="transcribed" if kind == "transcribe" else "verified")
     started = time.monotonic()
     try:
         done = manifest.done() if manifest else set()
@@ -309,13 +355,14 @@ def run(inputs: Sequence[str], *, model: str | None, backend: str, options: dict
         if not todo:
             finished: Iterator[Finished] = iter(())
         elif jobs > 1 or cluster is not None:
-            finished = run_dask(todo, model, backend, options, n_workers=jobs if cluster is None else None,
-                                address=cluster, retries=retries)
+            finished = run_dask(todo, kind, args, n_workers=jobs if cluster is None else None, address=cluster,
+                                retries=retries)
         else:
-            finished = run_here(todo, model, backend, options)
+            finished = run_here(todo, kind, args)
         count = 0
         for job, outcome in finished:
-            record = {"path": job.path, "sha256": job.sha256, "settings": key, "backend": backend, **outcome}
+            record = {"path": job.path, "sha256": job.sha256, "settings": key,
+                      **({"backend": backend} if kind == "transcribe" else {"candidate": candidate}), **outcome}
             if manifest is not None:
                 manifest.append(record)
             status = record["status"]
@@ -323,6 +370,10 @@ def run(inputs: Sequence[str], *, model: str | None, backend: str, options: dict
             summary.errors += status == "error"
             summary.failed += status == "failed"
             summary.audio_seconds += record.get("audio_seconds", 0.0)
+            if kind == "verify" and status == "ok":
+                summary.agree += bool(record["agree"])
+                if record["cause"] is not None:
+                    summary.causes[record["cause"]] = summary.causes.get(record["cause"], 0) + 1
             count += 1
             bar.update(count, summary.audio_seconds)
             if on_record is not None:
