@@ -5,6 +5,13 @@ Everything a backend keeps in the cache goes through `cached()`:
   the size and sha256 of each of its files), written under the lock right after the thing itself. A
   truncated, bit-flipped, foreign or empty file fails that check and is rebuilt (dlopen of such a file
   is a SIGBUS or a segfault, not an exception), and a missing record counts as a mismatch.
+- The record also keeps each file's stat stamp (device, inode, size, mtime and ctime, in ns) as it was when
+  hashed. A file whose stamp is unchanged, and was last changed before the record was written (both by
+  the file system's own clock: git's rule against "racy" entries), has not been written since it was
+  hashed, and is not hashed again: the 90 MB of packed weights would cost ~65 ms of sha256 at every start.
+  Any write (a flipped byte, a truncation, a copy: a new inode) changes the stamp and brings the hash back;
+  so does `check_record(..., full=True)` or WHISPERKV_CACHE_VERIFY=full. What it cannot see is the disk
+  rotting under an unchanged stamp.
 - Before any compile or export work the folder is probed by creating and removing a file in it, so an
   unusable folder is one line naming the folder and the variable that chose it, not a traceback after
   the work. A warm cache (everything present and matching its record) is only read, so a read-only
@@ -41,8 +48,10 @@ from pathlib import Path
 
 from whisperkv.reference.errors import InputError
 from whisperkv.reference.files import TEMPORARY_NAME, atomic_path
+from whisperkv.reference.weights import CACHE_ENV_VAR, cache_folder_and_origin, file_stamp, unchanged_since
 
-ENV_VAR = "WHISPERKV_CACHE_DIR"
+ENV_VAR = CACHE_ENV_VAR
+VERIFY_ENV_VAR = "WHISPERKV_CACHE_VERIFY"  # "full": hash every file at every check, stamps or not
 RECORD_SUFFIX = ".record.json"
 RECORD_FORMAT = 1
 LOCK_NAME = ".lock"
@@ -72,13 +81,7 @@ def cache_origin() -> str:
 
 
 def _cache_dir_and_origin() -> tuple[Path, str]:
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env), f"${ENV_VAR}"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg) / "whisperkv", "$XDG_CACHE_HOME"
-    return Path.home() / ".cache" / "whisperkv", f"the default ~/.cache/whisperkv (set ${ENV_VAR} to change it)"
+    return cache_folder_and_origin()  # one home: the core keeps its checked-checkpoint notes there too
 
 
 def _origin_of(folder: Path) -> str:
@@ -133,21 +136,33 @@ def _digest(path: Path) -> str:
 
 
 def write_record(target: Path) -> Path:
-    """Record the size and sha256 of `target` (a file, or each file of a folder), atomically."""
+    """Record the size, sha256 and stat stamp of `target` (a file, or each file of a folder), atomically."""
     base = target if target.is_dir() else target.parent
-    files = {str(p.relative_to(base)): {"size": p.stat().st_size, "sha256": _digest(p)} for p in _files_of(target)}
+    files = {}
+    for p in _files_of(target):
+        before = file_stamp(p)
+        entry = {"size": p.stat().st_size, "sha256": _digest(p)}
+        if file_stamp(p) == before:  # not written while it was hashed: the stamp vouches for the hash
+            entry["stamp"] = before
+        files[str(p.relative_to(base))] = entry
     record = record_path(target)
     with atomic_path(record, suffix=".json") as tmp:
         tmp.write_text(json.dumps({"format": RECORD_FORMAT, "folder": target.is_dir(), "files": files}, indent=1))
     return record
 
 
-def check_record(target: Path) -> str | None:
-    """None when `target` matches its record; else why not, in a few words."""
+def check_record(target: Path, full: bool = False) -> str | None:
+    """None when `target` matches its record; else why not, in a few words.
+
+    A file whose stat stamp vouches for its recorded hash (module docstring) is not hashed again unless
+    `full` (or WHISPERKV_CACHE_VERIFY=full)."""
     if not target.exists():
         return "is missing"
+    full = full or os.environ.get(VERIFY_ENV_VAR) == "full"
     try:
-        rec = json.loads(record_path(target).read_text())
+        rec_path = record_path(target)
+        rec = json.loads(rec_path.read_text())
+        written_ns = rec_path.stat().st_mtime_ns
         files, is_folder = rec["files"], rec["folder"]
         if rec["format"] != RECORD_FORMAT or not isinstance(files, dict):
             return "has a record of another format"
@@ -164,11 +179,13 @@ def check_record(target: Path) -> str | None:
             size = path.stat().st_size
             if size != want["size"]:
                 return f"does not match its record ({name}: {size} bytes, recorded {want['size']})"
+            if not full and unchanged_since(want.get("stamp"), file_stamp(path), written_ns):
+                continue
             if _digest(path) != want["sha256"]:
                 return f"does not match its record ({name}: sha256 differs)"
         except OSError:
             return f"does not match its record ({name} is missing or unreadable)"
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             return "has an unreadable record"
     return None
 

@@ -7,14 +7,26 @@ Two on-disk layouts are read:
 - a Hugging Face Whisper folder (config.json, model.safetensors, tokenizer.json).
 
 Every tensor is checked against the shape ModelDims implies, and errors name the file and the tensor.
+
+Weights are read on first use (`Checkpoint.weights`) when the checkpoint's files are known to pass every
+check: a note in whisperkv's cache folder (`checkpoints/`, written by `Checkpoint.weights_digest()`, which
+the TVM backend calls to key its packed weights) records their stat stamps, their sha256, the dims, the
+stored dtype and the loader's own source hash. While the files' stamps are unchanged (and older than the
+note: the same rule as backends/cache.py's records), `load_checkpoint` takes dims and dtype from the note
+and reads no weights; the TVM backend then maps its packed weights and never reads the checkpoint. Without
+such a note (a new or changed file, another version of this module) the weights are read and checked at
+once, as always, so every error is raised by `load_checkpoint` itself.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import struct
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,17 +110,71 @@ def check_weights(weights: Weights, dims: ModelDims, source: str | os.PathLike) 
     return out
 
 
-@dataclass
 class Checkpoint:
-    dims: ModelDims
-    weights: Weights  # canonical names -> float32 arrays
-    path: Path  # the folder it came from (its tokenizer.json lives there)
-    stored_dtype: str  # "float16" or "float32": what the file held, before the upcast
-    format: str  # "ctranslate2" or "huggingface"
+    """A model's dims and canonical weights (float32 arrays under openai-whisper's names).
+
+    `weights` may be given as a dict, or be read on first use (load_checkpoint does that when the files are
+    known to pass every check; see the module docstring). `weights_files`: the file(s) the weights come
+    from, when they come from files (their sha256 keys caches: weights_digest).
+    """
+
+    def __init__(self, dims: ModelDims, weights: Weights | Callable[[], Weights], path: Path, stored_dtype: str,
+                 format: str, *, weights_files: tuple[Path, ...] = (), checked: bool = False,
+                 stamps: dict[str, list[int]] | None = None, digest: str | None = None) -> None:
+        self.dims = dims
+        self.path = path  # the folder it came from (its tokenizer.json lives there)
+        self.stored_dtype = stored_dtype  # "float16" or "float32": what the file held, before the upcast
+        self.format = format  # "ctranslate2", "huggingface" or whatever made the weights
+        self.weights_files = tuple(weights_files)
+        self._checked = checked  # the loader checked the files' weights (or a note says it did)
+        self._stamps = stamps  # the files' stamps when they were read (or vouched for)
+        self._digest = digest
+        self._lock = threading.Lock()
+        self._weights: Weights | None = None
+        self._load: Callable[[], Weights] | None = None
+        if callable(weights):
+            self._load = weights
+        else:
+            self._weights = weights
+
+    @property
+    def weights(self) -> Weights:
+        if self._weights is None:
+            with self._lock:
+                if self._weights is None:
+                    assert self._load is not None
+                    self._weights = self._load()
+                    self._load = None
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: Weights) -> None:
+        self._weights, self._load, self._checked, self._digest = value, None, False, None
+
+    @property
+    def weights_loaded(self) -> bool:
+        return self._weights is not None
 
     @property
     def tokenizer_path(self) -> Path:
         return self.path / "tokenizer.json"
+
+    def weights_digest(self) -> str | None:
+        """sha256 of the checkpoint's weight file(s), as loaded; None for weights that come from no file.
+
+        Known from the note when the weights were not read; otherwise the files are hashed once, if they are
+        still what was loaded, and the note is written (best effort: a read-only cache just has none)."""
+        if self._digest is not None or not self.weights_files or not self._checked or self._stamps is None:
+            return self._digest
+        digest = _files_digest(self.weights_files, self._stamps)
+        if digest is not None:
+            self._digest = digest
+            _write_note(self)
+        return digest
+
+    def __repr__(self) -> str:
+        return (f"Checkpoint({self.dims.key()}, {self.format}, stored {self.stored_dtype}, {self.path}, "
+                f"weights {'loaded' if self.weights_loaded else 'not read yet'})")
 
 
 def default_model_dir() -> Path:
@@ -121,17 +187,46 @@ def default_model_dir() -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
-    """Load a checkpoint folder of either layout (the bundled tiny.en when path is None)."""
+    """Load a checkpoint folder of either layout (the bundled tiny.en when path is None).
+
+    The weights are read and checked here, unless a note says these very files passed every check (module
+    docstring): then they are read on first use of `.weights`."""
     folder = Path(path) if path is not None else default_model_dir()
     if not folder.exists():
         raise CheckpointError(f"{folder}: no such model folder")
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: a model must be a folder (model.bin or model.safetensors + config.json)")
+    files: tuple[Path, ...]
     if (folder / "model.bin").exists():
-        return load_ctranslate2(folder)
-    if (folder / "model.safetensors").exists():
-        return load_huggingface(folder)
-    raise CheckpointError(f"{folder}: neither model.bin (CTranslate2) nor model.safetensors (Hugging Face) found")
+        fmt, files, loader = "ctranslate2", (folder / "model.bin",), load_ctranslate2
+    elif (folder / "model.safetensors").exists():
+        fmt, files, loader = "huggingface", (folder / "config.json", folder / "model.safetensors"), load_huggingface
+    else:
+        raise CheckpointError(f"{folder}: neither model.bin (CTranslate2) nor model.safetensors (Hugging Face) found")
+    note = _read_note(files, fmt)
+    if note is not None:
+        dims, stored, stamps, digest = note
+
+        def read() -> Weights:
+            full = _load_files(loader, folder, files)
+            if (full.dims, full.stored_dtype) != (dims, stored):
+                raise CheckpointError(f"{files[-1]}: changed since it was opened ({full.dims.key()}, stored "
+                                      f"{full.stored_dtype}; it was {dims.key()}, stored {stored})")
+            if full._stamps != ck._stamps:  # rewritten in between: the note's digest is not these weights'
+                ck._stamps, ck._digest = full._stamps, None
+            return full.weights
+
+        ck = Checkpoint(dims, read, folder, stored, fmt, weights_files=files, checked=True, stamps=stamps,
+                        digest=digest)
+        return ck
+    return _load_files(loader, folder, files)
+
+
+def _load_files(loader: Callable[[Path], Checkpoint], folder: Path, files: tuple[Path, ...]) -> Checkpoint:
+    stamps = _stamps(files)  # before reading: weights_digest() hashes only files still stamped so
+    ck = loader(folder)
+    ck.weights_files, ck._checked, ck._stamps = files, True, stamps
+    return ck
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,6 +560,110 @@ def save_huggingface(checkpoint: Checkpoint, folder: str | os.PathLike, dtype: s
         with atomic_path(folder / "tokenizer.json", suffix=".json") as tmp:
             shutil.copyfile(checkpoint.tokenizer_path, tmp)
     return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Notes on checked checkpoints, and the stat stamps they (and backends/cache.py's records) rely on
+
+CACHE_ENV_VAR = "WHISPERKV_CACHE_DIR"
+NOTE_FORMAT = 1
+NOTES_FOLDER = "checkpoints"
+
+
+def cache_folder_and_origin() -> tuple[Path, str]:
+    """whisperkv's cache folder and the setting that chose it: `$WHISPERKV_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/whisperkv`, else `~/.cache/whisperkv` (backends/cache.py keeps compiled libraries there)."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env), f"${CACHE_ENV_VAR}"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "whisperkv", "$XDG_CACHE_HOME"
+    return Path.home() / ".cache" / "whisperkv", f"the default ~/.cache/whisperkv (set ${CACHE_ENV_VAR} to change it)"
+
+
+def file_stamp(path: str | os.PathLike) -> list[int]:
+    """What any write to a file changes: device, inode, size, mtime and ctime (ns). Raises OSError."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def unchanged_since(recorded: object, current: list[int], written_ns: int) -> bool:
+    """True when a file stamped `current` is the one a note (or record) written at `written_ns` (the note's
+    own mtime, by the same file system clock) describes: same stamp, and last changed strictly before the
+    note was written. A write in the note's clock tick would leave mtime unchanged (timestamps are coarse,
+    a few ms): git's "racy" entries. Such files are hashed again."""
+    return (isinstance(recorded, list) and recorded == current
+            and max(current[3], current[4]) < written_ns)
+
+
+def _stamps(files: tuple[Path, ...]) -> dict[str, list[int]] | None:
+    try:
+        return {f.name: file_stamp(f) for f in files}
+    except OSError:
+        return None
+
+
+@functools.cache
+def _loader_hash() -> str:
+    """This module's source: a note written by another version of the checks is not trusted."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _note_path(files: tuple[Path, ...]) -> Path:
+    key = hashlib.sha256(str(files[-1].resolve()).encode()).hexdigest()[:32]
+    return cache_folder_and_origin()[0] / NOTES_FOLDER / f"{key}.json"
+
+
+def _files_digest(files: tuple[Path, ...], stamps: dict[str, list[int]]) -> str | None:
+    """sha256 over the files' bytes, or None when they are no longer what `stamps` says was loaded."""
+    h = hashlib.sha256()
+    try:
+        for f in files:
+            if file_stamp(f) != stamps.get(f.name):
+                return None
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):  # noqa: B023 - fh is this iteration's
+                    h.update(block)
+            if file_stamp(f) != stamps.get(f.name):
+                return None
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _write_note(ck: Checkpoint) -> None:
+    files = ck.weights_files
+    note = {"format": NOTE_FORMAT, "loader": _loader_hash(), "files": [str(f.resolve()) for f in files],
+            "stamps": ck._stamps, "sha256": ck._digest, "dims": ck.dims.as_dict(), "stored_dtype": ck.stored_dtype,
+            "checkpoint_format": ck.format}
+    path = _note_path(files)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(note, indent=1))
+    except OSError:
+        pass  # a cache folder that cannot be written: the next start reads the weights again, that is all
+
+
+def _read_note(files: tuple[Path, ...], fmt: str) -> tuple[ModelDims, str, dict[str, list[int]], str] | None:
+    """(dims, stored dtype, stamps, sha256) from the note on `files`, when it vouches for them; else None."""
+    path = _note_path(files)
+    try:
+        written_ns = os.stat(path).st_mtime_ns
+        note = json.loads(path.read_text())
+        stamps = {f.name: file_stamp(f) for f in files}
+        if not (isinstance(note, dict) and note.get("format") == NOTE_FORMAT and note.get("loader") == _loader_hash()
+                and note.get("files") == [str(f.resolve()) for f in files] and note.get("checkpoint_format") == fmt
+                and isinstance(note.get("stamps"), dict)
+                and all(unchanged_since(note["stamps"].get(name), st, written_ns) for name, st in stamps.items())):
+            return None
+        digest, stored = note["sha256"], note["stored_dtype"]
+        if not (isinstance(digest, str) and len(digest) == 64 and stored in ("float16", "float32")):
+            return None
+        return ModelDims(**note["dims"]), stored, stamps, digest
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # no note, or one that cannot be trusted: read the weights
 
 
 def random_weights(dims: ModelDims, seed: int = 0) -> Weights:

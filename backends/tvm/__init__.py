@@ -1,9 +1,10 @@
 """The TVM backend: Whisper as Relax functions with hand-scheduled CPU kernels, compiled once per model
 shape and cached (see compile.py).
 
-Importing this package sets TVM_NUM_THREADS (threads.py) and nothing more: tvm itself (~1 s to import) is
-imported only when one of the names below is first used, so that `whisperkv --help` or the `compile`
-command's registration never pay for it.
+Importing this package sets TVM_NUM_THREADS (threads.py) and nothing more: the names below are imported
+when first used, so that `whisperkv --help` or the `compile` command's registration pay for nothing. Even
+then tvm itself (the compiler, ~1-2 s to import) comes only with `compile_library`, or when a library has to
+be built: running a cached one takes the TVM runtime alone (runtime.py).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import threads  # noqa: F401  (must come before anything that imports tvm)
+from . import threads  # noqa: F401  (must come before the TVM runtime starts)
 
 _WHERE = {
-    "TVMBackend": "backend", "ensure_compiled": "backend", "ModelConfig": "model",
-    "LibraryMismatchError": "compile", "LibraryNotFoundError": "compile", "cached_library": "compile",
-    "compile_library": "compile", "library_path": "compile", "load_library": "compile",
+    "TVMBackend": "backend", "ensure_compiled": "backend", "ModelConfig": "params",
+    "LibraryMismatchError": "library", "LibraryNotFoundError": "library", "cached_library": "library",
+    "compile_library": "compile", "library_path": "library", "load_library": "library",
 }
 
 __all__ = list(_WHERE)

@@ -1,8 +1,11 @@
 """TVMBackend: the backend protocol (reference/backend.py) on a compiled Relax library.
 
 Audio features and KV slots stay TVM tensors between calls; only the logits come back to numpy. The
-weights are packed and copied to TVM tensors once, when the backend is created. Rows: any number per
-call (`max_batch` None); the linears of a call read their weights once for all rows (model.py).
+weights are packed once into the cache and memory-mapped when the backend is created (packed.py). Rows: any
+number per call (`max_batch` None); the linears of a call read their weights once for all rows (model.py).
+
+No `import tvm` here: a cached library runs on the TVM runtime alone (runtime.py, library.py); the compiler
+(compile.py) is imported only when a library has to be built.
 
 Self slots are TVM tensors [B, H, length, D]. A cross slot is a `CrossSlot`: the cross K/V of each
 distinct window once, plus which window each row reads. The rows of a beam search or of best_of decode the
@@ -14,21 +17,23 @@ would cost more than the step itself, and a step would read it once per row. A p
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tvm  # noqa: E402,I001
 
 from whisperkv.reference import kv as kvslots
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
-from . import threads  # (before tvm)
-from .compile import cached_library, load_library
-from .kernels import ROW_TILE
-from .model import ModelConfig, max_token_rows, pack_params
+from . import runtime, threads  # (threads first: TVM_NUM_THREADS before the runtime starts)
+from .library import cached_library, load_library
+from .packed import cached_weights, load_weights
+from .params import ROW_TILE, ModelConfig, max_token_rows
+
+Tensor = Any  # tvm_ffi.Tensor (tvm.runtime.Tensor when tvm is imported)
 
 
 class CrossSlot:
@@ -39,7 +44,7 @@ class CrossSlot:
 
     __slots__ = ("windows", "rows")
 
-    def __init__(self, windows: tvm.runtime.Tensor, rows: Sequence[int]) -> None:
+    def __init__(self, windows: Tensor, rows: Sequence[int]) -> None:
         self.windows = windows
         self.rows = tuple(int(r) for r in rows)
 
@@ -60,15 +65,10 @@ def _as_cross(slot: Any) -> CrossSlot:
     return slot if isinstance(slot, CrossSlot) else CrossSlot(slot, range(slot.shape[0]))
 
 
-def _int32_tensor(values: Any) -> tvm.runtime.Tensor:
+def _int32_tensor(values: Any) -> Tensor:
     """A small int32 array (tokens, row indices) as a TVM tensor, shared with numpy by DLPack: allocating it
     through TVM cost ~50 us, a noticeable part of a step's overhead. TVM takes 64-byte aligned data only."""
-    a = np.asarray(values, dtype=np.int32)
-    raw = np.empty(a.nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    out = raw[start : start + a.nbytes].view(np.int32).reshape(a.shape)
-    out[...] = a
-    return tvm.runtime.from_dlpack(out)
+    return runtime.tensor(values, np.int32)
 
 
 def _choose_weight_dtype(checkpoint: Checkpoint | tuple, requested: str) -> str:
@@ -88,18 +88,20 @@ class TVMBackend:
     def __init__(self, checkpoint: Checkpoint | tuple[ModelDims, dict[str, np.ndarray]], *,
                  decoder_weight_dtype: str = "auto", library: str | os.PathLike | None = None,
                  compile_if_missing: bool = True, quiet: bool = False) -> None:
-        if isinstance(checkpoint, Checkpoint):
-            dims, weights = checkpoint.dims, checkpoint.weights
-        else:
-            dims, weights = checkpoint
+        dims = checkpoint.dims if isinstance(checkpoint, Checkpoint) else checkpoint[0]
         self.dims: ModelDims = dims
         self.config = ModelConfig(dims, _choose_weight_dtype(checkpoint, decoder_weight_dtype))
         threads.quiet_blas_threads()
+        t0 = time.perf_counter()
         self.vm, self.library_path = load_library(self.config, Path(library) if library else None,
                                                   compile_if_missing=compile_if_missing, quiet=quiet)
-        self.device = tvm.cpu()
-        packed = pack_params(weights, self.config)
-        self._params = {fn: [self._tensor(a) for a in arrs] for fn, arrs in packed.items()}
+        t1 = time.perf_counter()
+        # Mapped from the cache (no copy) or packed in memory; the tensors keep their arrays alive.
+        self._params = {fn: [runtime.as_tensor(a) for a in arrs]
+                        for fn, arrs in load_weights(self.config, checkpoint, quiet=quiet).items()}
+        # Seconds the start took (benchmarks/bench_start.py prints them): the library checked, loaded and
+        # matched (compiled first on a miss); the weights mapped (packed and written first on a miss).
+        self.load_times = {"library": t1 - t0, "weights": time.perf_counter() - t1}
         self._encode = self.vm["encode"]
         self._cross_kv = self.vm["cross_kv"]
         self._gather_rows = self.vm["gather_rows"]
@@ -109,14 +111,14 @@ class TVMBackend:
         self._self_idx = kvslots.self_slots(L)
         self._cross_idx = kvslots.cross_slots(L)
         self._zero_kv: dict[int, list[Any]] = {}
-        self._zero_cross: tvm.runtime.Tensor | None = None
+        self._zero_cross: Tensor | None = None
 
-    def _tensor(self, a: np.ndarray) -> tvm.runtime.Tensor:
-        return tvm.runtime.tensor(np.ascontiguousarray(a), self.device)
+    def _tensor(self, a: np.ndarray) -> Tensor:
+        return runtime.tensor(a)
 
     # -- protocol ---------------------------------------------------------------------------
 
-    def encode(self, mel: np.ndarray) -> tvm.runtime.Tensor:
+    def encode(self, mel: np.ndarray) -> Tensor:
         # [1, n_mels, 2 * n_audio_ctx] -> [1, n_audio_ctx, n_audio_state]
         want = (1, self.dims.n_mels, self.dims.n_mel_frames)
         if tuple(mel.shape) != want:
@@ -178,14 +180,14 @@ class TVMBackend:
             out[i] = CrossSlot(cross.windows, [cross.rows[r] for r in index])
         return out
 
-    def from_numpy(self, x: np.ndarray) -> tvm.runtime.Tensor:
+    def from_numpy(self, x: np.ndarray) -> Tensor:
         """A numpy array as a backend-native tensor (e.g. slots computed by another backend)."""
         return self._tensor(np.asarray(x, dtype=np.float32) if np.asarray(x).dtype != np.int32 else x)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         if isinstance(x, CrossSlot):
-            return x.windows.numpy()[list(x.rows)]
-        return x.numpy() if isinstance(x, tvm.runtime.Tensor) else np.asarray(x)
+            return runtime.to_numpy(x.windows)[list(x.rows)]
+        return runtime.to_numpy(x) if runtime.is_tensor(x) else np.asarray(x)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -199,7 +201,7 @@ class TVMBackend:
             raise ValueError(f"token id out of range [0, {self.dims.n_vocab}): {ids.tolist()}")
         return ids.astype(np.int32)
 
-    def _zero_window(self) -> tvm.runtime.Tensor:
+    def _zero_window(self) -> Tensor:
         if self._zero_cross is None:
             d = self.dims
             self._zero_cross = self._tensor(np.zeros((1, d.n_text_head, d.n_audio_ctx, d.text_head_dim), np.float32))
@@ -214,14 +216,14 @@ class TVMBackend:
         for f in features:
             if id(f) not in distinct:
                 distinct[id(f)] = len(windows)
-                t = f if isinstance(f, tvm.runtime.Tensor) else self._tensor(np.asarray(f, dtype=np.float32))
+                t = f if runtime.is_tensor(f) else self._tensor(np.asarray(f, dtype=np.float32))
                 if tuple(t.shape) != want:
                     raise ValueError(f"prefill expects audio features {want}, got {tuple(t.shape)}")
                 windows.append(t)
         rows = [distinct[id(f)] for f in features]
         return [CrossSlot(w, rows) for w in self._cross_kv(self._stack(windows), *self._params["cross_kv"])]
 
-    def _cross_args(self, kv: list[Any]) -> tuple[list[tvm.runtime.Tensor], list[int]]:
+    def _cross_args(self, kv: list[Any]) -> tuple[list[Tensor], list[int]]:
         """The 2L cross windows tensors and the window of each row, as `decode` takes them."""
         slots = [_as_cross(kv[i]) for i in self._cross_idx]
         rows, windows = slots[0].rows, slots[0].windows.shape[0]
@@ -231,15 +233,15 @@ class TVMBackend:
             rows = slots[0].rows
         return [s.windows for s in slots], list(rows)
 
-    def _stack(self, windows: list[tvm.runtime.Tensor]) -> tvm.runtime.Tensor:
+    def _stack(self, windows: list[Tensor]) -> Tensor:
         # G features [1, T, C] -> [G, T, C], copied tensor to tensor (no numpy round trip)
         if len(windows) == 1:
             return windows[0]
         _, t, c = windows[0].shape
-        out = tvm.runtime.empty((len(windows), t, c), "float32", self.device)
+        out = runtime.empty((len(windows), t, c), "float32")
         row_bytes = t * c * 4
         for g, w in enumerate(windows):
-            out._create_view((1, t, c), relative_byte_offset=g * row_bytes).copyfrom(w)
+            runtime.copy_into(runtime.view(out, (1, t, c), g * row_bytes), w)
         return out
 
     def _run_decode(self, ids: np.ndarray, kv: list[Any]) -> tuple[np.ndarray, list[Any]]:
@@ -261,16 +263,21 @@ class TVMBackend:
         out = decode(_int32_tensor(ids), *(kv[i] for i in self._self_idx), *cross, _int32_tensor(cross_rows),
                      *self._params["decode"])
         # [B * n, V_pad] -> [B, n, n_vocab]: drop the zero-padded vocabulary columns
-        logits = out[0].numpy().reshape(batch, n, -1)[:, :, : self.dims.n_vocab]
+        logits = runtime.to_numpy(out[0]).reshape(batch, n, -1)[:, :, : self.dims.n_vocab]
         return logits, [out[i] for i in range(1, len(out))]
 
 
 def ensure_compiled(checkpoint: Checkpoint | tuple[ModelDims, dict[str, np.ndarray]], *,
-                    decoder_weight_dtype: str = "auto", force: bool = False, quiet: bool = False) -> Path:
-    """Warm the cache for this checkpoint's shape (what `whisperkv compile` runs); -> the library path."""
+                    decoder_weight_dtype: str = "auto", force: bool = False, quiet: bool = False,
+                    pack_weights: bool = False) -> Path:
+    """Warm the cache for this checkpoint's shape (what `whisperkv compile` runs): its library, and with
+    `pack_weights` the checkpoint's packed weights too (else the first backend on it writes them);
+    -> the library path."""
     dims = checkpoint.dims if isinstance(checkpoint, Checkpoint) else checkpoint[0]
     cfg = ModelConfig(dims, _choose_weight_dtype(checkpoint, decoder_weight_dtype))
     # An unusable cache folder is refused here, before any compile work (backends/cache.py).
     path = cached_library(cfg, force=force, quiet=quiet)
     load_library(cfg, path, compile_if_missing=False)  # proves it loads and matches
+    if pack_weights and isinstance(checkpoint, Checkpoint):
+        cached_weights(cfg, checkpoint, force=force, quiet=quiet)
     return path

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 from tvm import s_tir, te, tirx
 
+from .params import ROW_TILE, nb_for  # noqa: F401  (defined where the tvm-free backend reads them)
+
 F32 = "float32"
 LN_EPS = 1e-5  # PyTorch's LayerNorm default, as in reference/model.py
 
@@ -70,14 +72,6 @@ def gelu(x: tirx.Expr) -> tirx.Expr:
     return _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(1.0 / math.sqrt(2.0))))
 
 
-def nb_for(n: int, widest: int = 32) -> int:
-    """Output-column block of a packed weight: `widest` (64: four AVX-512 vectors, or 32) when it divides n."""
-    for nb in (64, 32, 16, 8, 4, 2):
-        if nb <= widest and n % nb == 0:
-            return nb
-    return 1
-
-
 L2_W_BYTES = 600 * 1024  # the weight columns a static gemm keeps in L2 while it sweeps over all rows
 
 
@@ -112,12 +106,7 @@ def _vectorize_inner(sch: s_tir.Schedule, block: str, width: int | None = None) 
         sch.vectorize(loops[-1])
 
 
-# Rows of the decoder's row tiles: ROW_TILE x (nb / ROW_VEC) accumulators, 3 x 4 = 12 of AVX2's 16 vector
-# registers for a 32-column block, plus one widened weight vector and three broadcast inputs. tiny.en's
-# logits for 6 rows (Zen 3): 4.0 ms against 5.2 ms streaming one row at a time on one thread, 2.2 against
-# 2.4 ms on two. Both are bound by arithmetic there, not by the weights (a streaming pass re-reads them
-# from L2): 6 rows are 6 x 20 M multiply-adds, and each fp16 -> fp32 widening takes an FMA port's turn.
-ROW_TILE = 3
+# ROW_TILE (params.py): rows of the decoder's row tiles, ROW_TILE x (nb / ROW_VEC) accumulators.
 ROW_VEC = 8  # float32 lanes of an AVX2 vector; on AVX-512 the same code uses half-width registers
 
 

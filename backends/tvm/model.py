@@ -21,194 +21,31 @@ decode the same audio (beams, samples) share them, and the backend's `select` on
 Self/cross slots follow reference/kv.py: K stored unscaled, the d^-1/2 scale is applied inside the
 attention (the reference splits it as d^-1/4 on q and on k: equal up to float rounding).
 
-Weights are not in PyTorch layout: `pack_params` turns the canonical checkpoint (reference/weights.py)
-into the parameter lists below; `param_specs` is the matching contract the library is compiled for.
+Weights are not in PyTorch layout: `pack_params` turns the canonical checkpoint (reference/weights.py) into
+the parameter lists below; `param_specs` is the matching contract the library is compiled for. Both live in
+params.py with ModelConfig, which the backend imports without tvm.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import tvm
 from tvm import relax, s_tir, te, tirx
 
-from whisperkv.reference.dims import ModelDims
-
 from . import kernels as K
 from .kernels import _vectorize_inner
-
-F32 = "float32"
-Arr = np.ndarray
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything the compiled code depends on: the dims and the storage dtype of the decoder weights."""
-
-    dims: ModelDims
-    # "float16": decoder linear weights and the tied embedding are stored in fp16 and widened to fp32
-    # inside the kernels (exact for a checkpoint that was fp16 on disk; halves the step's memory reads).
-    decoder_weight_dtype: str = F32
-
-    def __post_init__(self) -> None:
-        if self.decoder_weight_dtype not in ("float32", "float16"):
-            raise ValueError(f"decoder_weight_dtype must be float32 or float16, got {self.decoder_weight_dtype!r}")
-
-    @property
-    def vocab_block(self) -> int:
-        return 32  # column block of the tied embedding (the padding rows are zero; their logits are sliced off)
-
-    @property
-    def vocab_padded(self) -> int:
-        # a multiple of 4 blocks, so the logits gemv computes 4 blocks at a time (kernels.gemv_blocks)
-        step = 4 * self.vocab_block
-        return -(-self.dims.n_vocab // step) * step
-
-    def key(self) -> str:
-        return f"{self.dims.key()}-w{self.decoder_weight_dtype}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameter contract (shapes and dtypes, in call order) and packing from the canonical checkpoint
-
-
-# Column blocks: the encoder's gemms (many rows) use 6 x 64 register tiles; the decoder's streaming
-# gemvs (a few rows) keep blocks of 32.
-WIDE, NARROW = 64, 32
-
-
-def pack_linear(w: Arr, dtype: str = F32, widest: int = NARROW) -> Arr:
-    """PyTorch (N, K) -> packed (N / nb, K, nb): each block of nb output columns is contiguous over K."""
-    n, k = w.shape
-    nb = K.nb_for(n, widest)
-    return np.ascontiguousarray(w.reshape(n // nb, nb, k).transpose(0, 2, 1), dtype=dtype)
-
-
-def _packed_shape(n: int, k: int, widest: int = NARROW) -> tuple[int, int, int]:
-    nb = K.nb_for(n, widest)
-    return (n // nb, k, nb)
-
-
-def _conv_as_linear(w: Arr) -> Arr:
-    # (C_out, C_in, 3) -> (C_out, 3 * C_in) with column tap * C_in + c: the flat, padded input read at
-    # row t * stride is then exactly the im2col row of output position t (see `encode`).
-    c_out, c_in, taps = w.shape
-    return w.transpose(0, 2, 1).reshape(c_out, taps * c_in)
-
-
-def param_specs(cfg: ModelConfig) -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
-    """function name -> [(parameter name, shape, dtype)] for the weight parameters of each function."""
-    d = cfg.dims
-    a, t = d.n_audio_state, d.n_text_state
-    wd = cfg.decoder_weight_dtype
-    enc = [
-        ("conv1.w", _packed_shape(a, 3 * d.n_mels, WIDE), F32), ("conv1.b", (a,), F32),
-        ("conv2.w", _packed_shape(a, 3 * a, WIDE), F32), ("conv2.b", (a,), F32),
-        ("pos", (d.n_audio_ctx, a), F32),
-    ]
-    for i in range(d.n_audio_layer):
-        p = f"blocks.{i}."
-        enc += [
-            (p + "attn_ln.g", (a,), F32), (p + "attn_ln.b", (a,), F32),
-            (p + "qkv.w", _packed_shape(3 * a, a, WIDE), F32), (p + "qkv.b", (3 * a,), F32),
-            (p + "out.w", _packed_shape(a, a, WIDE), F32), (p + "out.b", (a,), F32),
-            (p + "mlp_ln.g", (a,), F32), (p + "mlp_ln.b", (a,), F32),
-            (p + "fc1.w", _packed_shape(4 * a, a, WIDE), F32), (p + "fc1.b", (4 * a,), F32),
-            (p + "fc2.w", _packed_shape(a, 4 * a, WIDE), F32), (p + "fc2.b", (a,), F32),
-        ]
-    enc += [("ln_post.g", (a,), F32), ("ln_post.b", (a,), F32)]
-    cross = []
-    for i in range(d.n_text_layer):
-        cross += [(f"blocks.{i}.cross_kv.w", _packed_shape(2 * t, t, WIDE), F32),
-                  (f"blocks.{i}.cross_kv.b", (2 * t,), F32)]
-    dec = [
-        ("embedding", (cfg.vocab_padded // cfg.vocab_block, t, cfg.vocab_block), wd),
-        ("pos", (d.n_text_ctx, t), F32),
-    ]
-    for i in range(d.n_text_layer):
-        p = f"blocks.{i}."
-        dec += [
-            (p + "attn_ln.g", (t,), F32), (p + "attn_ln.b", (t,), F32),
-            (p + "qkv.w", _packed_shape(3 * t, t), wd), (p + "qkv.b", (3 * t,), F32),
-            (p + "out.w", _packed_shape(t, t), wd), (p + "out.b", (t,), F32),
-            (p + "cross_ln.g", (t,), F32), (p + "cross_ln.b", (t,), F32),
-            (p + "cross_q.w", _packed_shape(t, t), wd), (p + "cross_q.b", (t,), F32),
-            (p + "cross_out.w", _packed_shape(t, t), wd), (p + "cross_out.b", (t,), F32),
-            (p + "mlp_ln.g", (t,), F32), (p + "mlp_ln.b", (t,), F32),
-            (p + "fc1.w", _packed_shape(4 * t, t), wd), (p + "fc1.b", (4 * t,), F32),
-            (p + "fc2.w", _packed_shape(t, 4 * t), wd), (p + "fc2.b", (t,), F32),
-        ]
-    dec += [("ln.g", (t,), F32), ("ln.b", (t,), F32)]
-    return {"encode": enc, "cross_kv": cross, "decode": dec}
-
-
-def pack_params(weights: dict[str, Arr], cfg: ModelConfig) -> dict[str, list[Arr]]:
-    """Canonical float32 weights (openai-whisper names) -> the parameter lists of `param_specs`."""
-    d = cfg.dims
-    w = weights
-    wd = cfg.decoder_weight_dtype
-
-    def qkv(p: str) -> tuple[Arr, Arr]:
-        n = w[p + ".query.weight"].shape[0]
-        mat = np.concatenate([w[p + ".query.weight"], w[p + ".key.weight"], w[p + ".value.weight"]])
-        bias = np.concatenate([w[p + ".query.bias"], np.zeros(n, np.float32), w[p + ".value.bias"]])
-        return mat, bias
-
-    enc: list[Arr] = [
-        pack_linear(_conv_as_linear(w["encoder.conv1.weight"]), widest=WIDE), w["encoder.conv1.bias"],
-        pack_linear(_conv_as_linear(w["encoder.conv2.weight"]), widest=WIDE), w["encoder.conv2.bias"],
-        w["encoder.positional_embedding"],
-    ]
-    for i in range(d.n_audio_layer):
-        p = f"encoder.blocks.{i}"
-        m, b = qkv(p + ".attn")
-        enc += [
-            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m, widest=WIDE), b,
-            pack_linear(w[p + ".attn.out.weight"], widest=WIDE), w[p + ".attn.out.bias"],
-            w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"],
-            pack_linear(w[p + ".mlp.0.weight"], widest=WIDE), w[p + ".mlp.0.bias"],
-            pack_linear(w[p + ".mlp.2.weight"], widest=WIDE), w[p + ".mlp.2.bias"],
-        ]
-    enc += [w["encoder.ln_post.weight"], w["encoder.ln_post.bias"]]
-    cross: list[Arr] = []
-    for i in range(d.n_text_layer):
-        p = f"decoder.blocks.{i}.cross_attn"
-        t = w[p + ".key.weight"].shape[0]
-        cross += [
-            pack_linear(np.concatenate([w[p + ".key.weight"], w[p + ".value.weight"]]), widest=WIDE),
-            np.concatenate([np.zeros(t, np.float32), w[p + ".value.bias"]]),
-        ]
-    emb = w["decoder.token_embedding.weight"]
-    emb = np.concatenate([emb, np.zeros((cfg.vocab_padded - d.n_vocab, emb.shape[1]), np.float32)])
-    vb = cfg.vocab_block
-    dec: list[Arr] = [
-        np.ascontiguousarray(emb.reshape(-1, vb, emb.shape[1]).transpose(0, 2, 1), dtype=wd),
-        w["decoder.positional_embedding"],
-    ]
-    for i in range(d.n_text_layer):
-        p = f"decoder.blocks.{i}"
-        m, b = qkv(p + ".attn")
-        dec += [
-            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m, wd), b,
-            pack_linear(w[p + ".attn.out.weight"], wd), w[p + ".attn.out.bias"],
-            w[p + ".cross_attn_ln.weight"], w[p + ".cross_attn_ln.bias"],
-            pack_linear(w[p + ".cross_attn.query.weight"], wd), w[p + ".cross_attn.query.bias"],
-            pack_linear(w[p + ".cross_attn.out.weight"], wd), w[p + ".cross_attn.out.bias"],
-            w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"],
-            pack_linear(w[p + ".mlp.0.weight"], wd), w[p + ".mlp.0.bias"],
-            pack_linear(w[p + ".mlp.2.weight"], wd), w[p + ".mlp.2.bias"],
-        ]
-    dec += [w["decoder.ln.weight"], w["decoder.ln.bias"]]
-    out = {"encode": enc, "cross_kv": cross, "decode": dec}
-    for fn, specs in param_specs(cfg).items():  # the contract, checked here rather than in a kernel
-        assert len(specs) == len(out[fn]), fn
-        for (name, shape, dtype), arr in zip(specs, out[fn], strict=True):
-            if arr.shape != shape or arr.dtype != np.dtype(dtype):
-                raise ValueError(f"{fn}.{name}: packed {arr.shape} {arr.dtype}, expected {shape} {dtype}")
-    return {fn: [np.ascontiguousarray(a) for a in arrs] for fn, arrs in out.items()}
-
+from .params import (  # noqa: F401  (model.X users)
+    F32,
+    MAX_PLANNED_BATCH,
+    NARROW,
+    WIDE,
+    ModelConfig,
+    max_token_rows,
+    pack_linear,
+    pack_params,
+    param_specs,
+)
 
 # ----------------------------------------------------------------------------------------------
 # The graph
@@ -477,19 +314,6 @@ class _Graph:
         h = linear(h, w1, b1, C, 4 * C, act="gelu")
         x = linear(h, w2, b2, 4 * C, C, residual=x)
         return x, k, v
-
-
-# Planning bound of the decoder's rows. StaticPlanBlockMemory sizes every intermediate of `decode` for the
-# upper bounds of B, n and p (one allocation per call instead of ~60), so a call may hold at most
-# MAX_PLANNED_BATCH * n_text_ctx token rows (B * n): 28672 for Whisper, far beyond beams x windows (past it
-# TVM refuses the call: "storage allocation failure"). The bound costs address space, not memory: tiny.en's
-# `decode` reserves 0.25 GB once, of which a step touches its B rows.
-MAX_PLANNED_BATCH = 64
-
-
-def max_token_rows(dims: ModelDims) -> int:
-    """The most token rows (B * n) one `decode` call takes (see MAX_PLANNED_BATCH)."""
-    return MAX_PLANNED_BATCH * dims.n_text_ctx
 
 
 def build_module(cfg: ModelConfig) -> tvm.IRModule:

@@ -1,7 +1,8 @@
-"""The TVM runtime reads TVM_NUM_THREADS once, when tvm is imported, and uses 1 thread without it.
+"""The TVM runtime reads TVM_NUM_THREADS once, when it starts, and uses 1 thread without it.
 
-Import this module before `tvm` (backends/tvm/__init__.py does): it sets the variable to the number of
-CPUs this process may run on, unless the user already set it.
+Import this module before the runtime library is loaded (runtime.py) or `tvm` is imported
+(backends/tvm/__init__.py and runtime.py do): it sets the variable to the number of CPUs this process may
+run on, unless the user already set it.
 
 `quiet_blas_threads` keeps numpy's OpenBLAS from competing with the TVM thread pool: after every BLAS
 call, OpenBLAS's worker threads busy-wait for 2^28 cycles (~0.1 s) before they sleep, so a TVM call
