@@ -1,12 +1,17 @@
 """A folder of TVM libraries, one per Optimum graph, and no ONNX beside them: the seed's own files.
 
     compile_seed_style_folder(checkpoint, "libs/")       # encoder_model.so, decoder_model.so, ...
+    compile_onnx_folder("optimum-folder/", "libs/", dims) # the same from an existing Optimum export
+    whisperkv compile-onnx optimum-folder/ libs/          # (the command: backends/onnx/cli.py)
     TVMLibraryFolderBackend(checkpoint, "libs/")         # runs them through the backend protocol
     whisperkv verify AUDIO --candidate libs/             # backends.open_folder picks this backend
 
 The seed's user compiled each Optimum model "the plain way": `from_onnx(model)` (the weights folded into
-the graph as constants), `tvm.compile(mod, target)`, `export_library`. Such a library carries no ONNX
-and no weights file, so everything this backend knows about a graph comes from the library itself:
+the graph as constants), `tvm.compile(mod, target)`, `export_library`, and waited 12 minutes a run on
+TVM's unscheduled kernels. whisperkv builds the same libraries (same inputs, outputs and embedded weights)
+with its CPU schedules (backends/tvm/schedule_rules.py): a run takes seconds, and this backend runs a
+library built either way. Such a library carries no ONNX and no weights file, so everything this backend
+knows about a graph comes from the library itself:
 
 - Inputs are bound BY NAME. TVM 0.27's Relax VM exports `get_function_arity` and
   `get_function_param_name` (python/tvm/runtime/vm.py binds them as `_get_function_arity` /
@@ -40,7 +45,6 @@ import os
 import re
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,9 +63,9 @@ from whisperkv.reference.weights import Checkpoint
 
 from . import layout
 from .export import export_onnx
-from .folder import OnnxFolderError, PartBinding, TensorInfo, find_files
+from .folder import OnnxFolderError, PartBinding, TensorInfo, check_part, find_files, signature_from_model
 from .protocol import OptimumBackend
-from .tvm_onnx import TVMTensors, specialize, write_library
+from .tvm_onnx import TVMTensors, scheduled_module, specialize, write_library
 
 SUFFIX = ".so"
 
@@ -80,15 +84,33 @@ def find_libraries(folder: str | os.PathLike, fp16: bool | None = None) -> dict[
 
 
 def compile_embedded(model: onnx.ModelProto, path: Path, target: Any = None) -> float:
-    """The plain way: from_onnx with the weights as constants, tvm.compile, export_library (atomically)."""
-    from tvm.relax.frontend.onnx import from_onnx
-
+    """The seed's way, scheduled: from_onnx with the weights as constants (FoldConstant computes what the
+    graph derives from them, such as the tied embedding's transpose, at build time), legalized, fused,
+    scheduled for the CPU (backends/tvm/schedule_rules.py), tvm.compile, export_library (atomically).
+    Returns the seconds it took."""
     t0 = time.perf_counter()
-    with warnings.catch_warnings():  # one "Renaming name a.b to a_b" per dotted tensor name
-        warnings.simplefilter("ignore", UserWarning)
-        mod = from_onnx(model)
-    write_library(tvm.compile(mod, target or host_target()), path)
+    target = target or host_target()
+    write_library(tvm.compile(scheduled_module(model, target, keep_params=False), target), path)
     return time.perf_counter() - t0
+
+
+def compile_onnx_folder(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, dims: ModelDims,
+                        fp16: bool | None = None, target: Any = None, batch: int | None = 1) -> dict[str, float]:
+    """An Optimum folder's three graphs (`*_fp16.onnx` with fp16) compiled, scheduled, each to
+    `out_dir/{part}.so` (`{part}_fp16.so`) with its weights embedded: the seed's three libraries. Each graph
+    is checked against `dims` first (folder.py: a wrong folder is refused naming the file and the tensor),
+    then specialised: the encoder length to n_audio_ctx (Optimum's "encoder_sequence_length / 2" is an
+    expression TVM cannot compute from any input), the encoder's batch to 1, the decoders' to `batch`
+    (None: symbolic, libraries that run any number of rows). Returns part -> seconds to compile."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for part, path in find_files(onnx_dir, fp16).items():
+        model = onnx.load(str(path))
+        check_part(part, path, signature_from_model(model), dims)
+        model = specialize(model, dims, batch=1 if part == layout.ENCODER else batch)
+        seconds[part] = compile_embedded(model, out / library_name(part, path.name.endswith("_fp16.onnx")), target)
+    return seconds
 
 
 def compile_seed_style_folder(checkpoint: Checkpoint, out_dir: str | os.PathLike, fp16: bool = False,
@@ -96,20 +118,12 @@ def compile_seed_style_folder(checkpoint: Checkpoint, out_dir: str | os.PathLike
                               past_encoder_hidden_states: bool = False, batch: int | None = 1) -> dict[str, float]:
     """Export the checkpoint's three Optimum models (to a temporary folder) and compile each to
     `out_dir/{part}.so` (`{part}_fp16.so` with fp16) with its weights embedded; no .onnx is left beside
-    them. The graph inputs are specialised first (batch 1 as the seed's, encoder length n_audio_ctx):
-    Optimum's "encoder_sequence_length / 2" axis is an expression TVM cannot compute from any input.
-    batch=None leaves the decoders' batch_size symbolic (libraries that run any number of rows).
+    them (compile_onnx_folder; batch 1 as the seed's, batch=None leaves the decoders' batch_size symbolic).
     Returns part -> seconds to compile."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seconds = {}
     with tempfile.TemporaryDirectory(prefix="whisperkv-onnx-") as tmp:
         export_onnx(checkpoint, tmp, fp16=fp16, cache_position=cache_position,
                     past_encoder_hidden_states=past_encoder_hidden_states)
-        for part, path in find_files(tmp, fp16).items():
-            model = specialize(onnx.load(str(path)), checkpoint.dims, batch=1 if part == layout.ENCODER else batch)
-            seconds[part] = compile_embedded(model, out / library_name(part, fp16), target)
-    return seconds
+        return compile_onnx_folder(tmp, out_dir, checkpoint.dims, fp16=fp16, target=target, batch=batch)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
 - inputs are bound by name (protocol.py), never by position, and the folder is checked first (folder.py);
 - weights are library parameters (`keep_params_in_input=True`), read from the ONNX initializers at load
   time: a library depends on the graph, not the weights, and its cache key hashes the graph without
-  the initializer values (plus target and TVM version);
+  the initializer values (plus the schedules' source, target and TVM version). What the graph computes
+  from the weights alone (the tied embedding's transpose for the logits: 80 MB for tiny.en, 88 ms of a
+  100 ms decode step by `profile_calls`, the VM's instrumentation; the casts of an fp16 export; bias
+  reshapes) is lifted by LiftTransformParams into `main_transform_params`, run once at load;
 - the graph inputs are specialised before import: the encoder length fixed to n_audio_ctx (Optimum names
   that axis "encoder_sequence_length / 2", which TVM parses as an expression it cannot compute from any
   input), and the encoder's batch fixed to 1 (`encode` takes one window). The decoders keep batch_size
@@ -18,8 +21,9 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
   the runtime uses one thread otherwise.
 - rows are moved by `gather_rows`: one tensor-to-tensor copy per run of consecutive rows, through views of
   the TVM tensors (no numpy round trip, no Python loop over elements).
-The kernels are TVM's default, unscheduled ones (no dlight matmul rule exists for CPU): correct, slow.
-The native TVM backend (backends/tvm) is the fast route; this one shows what an ONNX import gives.
+- the kernels are scheduled by backends/tvm/schedule_rules.py (attentions fused into one function each,
+  then legalize, fuse, `schedule_for_cpu`): TVM's default lowering of an imported graph is unscheduled
+  (~1.7 GFLOP/s; 40 s for the 11 s JFK clip), scheduled it runs about as fast as the native backend.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
 from whisperkv.backends.tvm import threads as _threads  # noqa: F401
 from whisperkv.backends.tvm.compile import host_target, load_module, write_library  # shared with backends/tvm
+from whisperkv.backends.tvm import schedule_rules
 import onnx
 import tvm
 from onnx import numpy_helper
@@ -56,8 +61,10 @@ from .cache import cache_dir, exported_folder  # noqa: E402
 from .folder import OnnxFolderError, PartBinding, check_part, find_files, signature_from_model  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
 
-# bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic)
-LIBRARY_FORMAT = 2
+# bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic;
+# 3: scheduled by backends/tvm/schedule_rules.py, weight transforms lifted into main_transform_params)
+LIBRARY_FORMAT = 3
+TRANSFORM_PARAMS = "main_transform_params"  # run once at load: what the graph computes from weights alone
 
 
 def specialize(model: onnx.ModelProto, dims: ModelDims, batch: int | None = 1) -> onnx.ModelProto:
@@ -75,8 +82,9 @@ def specialize(model: onnx.ModelProto, dims: ModelDims, batch: int | None = 1) -
 
 def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
     """A hash of everything a compiled library depends on: nodes, inputs, outputs, the initializers'
-    names, dtypes and shapes (not their values), the target and TVM's version."""
-    h = hashlib.sha256(json.dumps([LIBRARY_FORMAT, str(target), tvm.__version__]).encode())
+    names, dtypes and shapes (not their values), the schedules' source, the target and TVM's version."""
+    h = hashlib.sha256(json.dumps([LIBRARY_FORMAT, schedule_rules.source_digest(), str(target),
+                                   tvm.__version__]).encode())
     g = model.graph
     for item in (*g.node, *g.input, *g.output):
         h.update(item.SerializeToString(deterministic=True))
@@ -85,21 +93,63 @@ def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
     return h.hexdigest()[:24]
 
 
-def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target,
-                  workspace_dir: Path | None = None) -> float:
-    """Import, compile and export one graph to `path` (atomically); returns the seconds it took.
-    `workspace_dir`: where the compiler puts its intermediate files (default: a system temp folder)."""
+def import_graph(model: onnx.ModelProto, keep_params: bool = True) -> tvm.IRModule:
+    """from_onnx, then the passes every library gets before scheduling. keep_params: the weights are
+    parameters (the first `num_input` of main's are the graph inputs) and whatever the graph computes from
+    them alone (the tied embedding's transpose, fp16 -> fp32 casts, bias reshapes) is lifted into
+    `main_transform_params`, run once at load instead of on every call; otherwise they are constants and
+    FoldConstant computes those transforms at build time."""
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
 
-    t0 = time.perf_counter()
     with warnings.catch_warnings():  # one "Renaming name a.b to a_b" per dotted tensor name
         warnings.simplefilter("ignore", UserWarning)
-        mod = from_onnx(model, keep_params_in_input=True)
-    mod, _ = detach_params(mod)  # the weights are passed at run time
+        mod = from_onnx(model, keep_params_in_input=keep_params)
+    if keep_params:
+        mod, _ = detach_params(mod)  # the weights are passed at run time
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    write_library(tvm.compile(mod, target), path, workspace_dir)
+    if keep_params:
+        mod = relax.transform.LiftTransformParams()(mod)
+    return mod
+
+
+def scheduled_module(model: onnx.ModelProto, target: tvm.target.Target, keep_params: bool = True) -> tvm.IRModule:
+    """The graph imported, legalized, fused and scheduled for `target` (schedule_rules), ready for tvm.compile."""
+    mod = schedule_rules.prepare(import_graph(model, keep_params))
+    return schedule_rules.schedule_for_cpu(mod, target)
+
+
+def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target,
+                  workspace_dir: Path | None = None) -> float:
+    """Import, schedule, compile and export one graph to `path` (atomically); returns the seconds it took.
+    `workspace_dir`: where the compiler puts its intermediate files (default: a system temp folder)."""
+    t0 = time.perf_counter()
+    write_library(tvm.compile(scheduled_module(model, target), target), path, workspace_dir)
     return time.perf_counter() - t0
+
+
+def profile_calls(vm: relax.VirtualMachine, run: Any) -> dict[str, tuple[int, float]]:
+    """Call `run()` (which calls into `vm`) with the Relax VM's instrumentation on: symbol -> (calls, seconds),
+    every kernel and builtin the VM called, most expensive first. (TVM 0.27's VM has no `profile`; this is
+    what found the per-call weight transposes and casts that `main_transform_params` now does once.)"""
+    spent: dict[str, list] = {}
+    started: dict[str, float] = {}
+
+    def instrument(func: Any, symbol: str, before: bool, ret: Any, *args: Any) -> int:
+        if before:
+            started[symbol] = time.perf_counter()
+        else:
+            entry = spent.setdefault(symbol, [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started[symbol]
+        return 0  # VMInstrumentReturnKind.kNoOp: run the call as usual
+
+    vm.set_instrument(instrument)
+    try:
+        run()
+    finally:
+        vm.set_instrument(None)
+    return {k: (v[0], v[1]) for k, v in sorted(spent.items(), key=lambda kv: -kv[1][1])}
 
 
 def gather_rows(picks: Sequence[tuple[Any, int]], like: Any) -> Any:
@@ -169,7 +219,7 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
             cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
                    quiet=quiet)
             self.vms[part] = relax.VirtualMachine(load_module(library), self.device)
-            self.params[part] = weights_of(model, self.device)
+            self.params[part] = list(self.vms[part][TRANSFORM_PARAMS](weights_of(model, self.device)))
             initializers = {t.name for t in model.graph.initializer}
             self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
         super().__init__(checkpoint.dims, bindings)
