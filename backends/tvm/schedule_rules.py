@@ -45,6 +45,8 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
+from .kernels import fast_erf, fast_exp
+
 F32 = "float32"
 SCHEDULED = "tirx.is_scheduled"  # the attribute dlight and tvm's own kernels use: "leave this one alone"
 
@@ -107,39 +109,7 @@ def cpu_info(target: tvm.target.Target) -> CpuInfo:
 # Fast math: exp / erf as polynomials
 
 
-def _f(v: float) -> tirx.Expr:
-    return tirx.const(v, F32)
-
-
-def fast_exp(x: tirx.Expr) -> tirx.Expr:
-    """exp(x) for float32: Cephes' expf (range reduction by ln 2, degree-6 polynomial), ~1 ulp; inputs
-    below -87 give exactly 0 (a masked -inf score gives a zero probability). As kernels.fast_exp."""
-    lo = _f(-87.0)
-    xc = tirx.max(tirx.min(x, _f(88.3762626647950)), lo)
-    n = tirx.floor(xc * _f(1.44269504088896341) + _f(0.5))
-    r = xc - n * _f(0.693359375) + n * _f(2.12194440e-4)  # ln 2 split in two for accuracy (Cephes C1, C2)
-    p = _f(1.9875691500e-4)
-    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        p = p * r + _f(c)
-    y = p * r * r + r + _f(1.0)
-    two_n = tirx.reinterpret(F32, tirx.shift_left(n.astype("int32") + 127, 23))
-    return tirx.Select(x < lo, _f(0.0), y * two_n)
-
-
-def fast_erf(x: tirx.Expr) -> tirx.Expr:
-    """erf(x) for float32: Eigen's rational approximation on [-4, 4] (erf is +-1 to float32 beyond)."""
-    xc = tirx.max(tirx.min(x, _f(4.0)), _f(-4.0))
-    x2 = xc * xc
-    p = _f(-2.72614225801306e-10)
-    for c in (2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04,
-              -2.95459980854025e-03, -1.60960333262415e-02):
-        p = p * x2 + _f(c)
-    q = _f(-1.45660718464996e-05)
-    for c in (-2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
-        q = q * x2 + _f(c)
-    return xc * p / q
-
-
+# the native kernels' polynomials (kernels.py), shared: one definition of the project's exp and erf
 FAST = {"tirx.exp": fast_exp, "tirx.erf": fast_erf}
 
 
@@ -921,9 +891,11 @@ def schedule_for_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModu
 
 @functools.cache
 def source_digest() -> str:
-    """A digest of this file: part of the cache key of every library scheduled by it (a changed rule
-    rebuilds them)."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    """A digest of this file and kernels.py (its exp and erf): part of the cache key of every library
+    scheduled by it (a changed rule rebuilds them)."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update((Path(__file__).parent / "kernels.py").read_bytes())
+    return h.hexdigest()[:16]
 
 
 def rule_of(func: tirx.PrimFunc) -> str:
