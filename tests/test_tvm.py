@@ -23,7 +23,7 @@ pytest.importorskip("tvm")
 
 from whisperkv.backends.tvm import TVMBackend  # noqa: E402
 from whisperkv.backends.tvm import compile as tvm_compile  # noqa: E402
-from whisperkv.backends.tvm.model import ModelConfig, max_token_rows  # noqa: E402
+from whisperkv.backends.tvm.model import ModelConfig, max_token_rows, param_specs  # noqa: E402
 from whisperkv.reference import kv as kvslots  # noqa: E402
 from whisperkv.reference.checks.verify import Tolerance, verify  # noqa: E402
 from whisperkv.reference.decoding import DecodingOptions  # noqa: E402
@@ -36,16 +36,20 @@ from .helpers import windows as clip_windows  # noqa: E402
 
 # Shapes chosen to reach every code path of the kernels: column blocks of 64 (encoder), 32, 16 and 8
 # (head_dim 24), decoder gemvs over 1 and 2 column blocks at a time (4: the real tiny.en below),
-# audio lengths that are and are not multiples of the 6-row tile and of the 32-key block, a vocabulary
-# that needs padding, one and several layers, and fp16 decoder weights.
+# audio lengths that are and are not multiples of the 6-row tile and of the key block, a vocabulary
+# that needs padding, one and several layers, and fp16 decoder weights. Each config names the vector
+# registers its tiles are sized for (AVX-512's, AVX2's, NEON's), so every host compiles and checks all
+# three tilings: LLVM splits vectors wider than the host's, which changes speed, never results.
 CONFIGS = {
     "even": ModelConfig(ModelDims(n_mels=16, n_audio_ctx=24, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
-                                  n_vocab=96, n_text_ctx=24, n_text_state=64, n_text_head=4, n_text_layer=2)),
+                                  n_vocab=96, n_text_ctx=24, n_text_state=64, n_text_head=4, n_text_layer=2),
+                        vector_lanes=16, vector_registers=32),
     "odd": ModelConfig(ModelDims(n_mels=5, n_audio_ctx=9, n_audio_state=48, n_audio_head=3, n_audio_layer=1,
-                                 n_vocab=77, n_text_ctx=13, n_text_state=48, n_text_head=2, n_text_layer=1)),
+                                 n_vocab=77, n_text_ctx=13, n_text_state=48, n_text_head=2, n_text_layer=1),
+                       vector_lanes=8, vector_registers=16),
     "fp16": ModelConfig(ModelDims(n_mels=8, n_audio_ctx=37, n_audio_state=32, n_audio_head=1, n_audio_layer=1,
                                   n_vocab=50, n_text_ctx=16, n_text_state=32, n_text_head=2, n_text_layer=3),
-                        decoder_weight_dtype="float16"),
+                        decoder_weight_dtype="float16", vector_lanes=4, vector_registers=32),
 }
 
 # float32 math in another order (blocked gemms vs BLAS, polynomial exp/erf within 3 ulp) differs from
@@ -388,6 +392,33 @@ def test_cache_key_separates_dims_and_dtype(libraries) -> None:
     assert len(paths) == len(CONFIGS)
     assert tvm_compile.library_path(CONFIGS["even"]) != tvm_compile.library_path(
         replace(CONFIGS["even"], decoder_weight_dtype="float16"))
+
+
+def test_encoder_tiles_follow_the_vector_registers(libraries) -> None:
+    dims = CONFIGS["even"].dims
+    avx512 = ModelConfig(dims, vector_lanes=16, vector_registers=32)
+    avx2 = ModelConfig(dims, vector_lanes=8, vector_registers=16)
+    # 6 rows of accumulators, as many vectors across as the registers hold with room for the operands
+    assert avx512.encoder_tile == (6, 64) and avx2.encoder_tile == (6, 16)
+    # The encoder's packed weights are laid out for the tile: another layout, so another library name.
+    assert param_specs(avx512)["encode"] != param_specs(avx2)["encode"]
+    assert tvm_compile.library_path(avx512) != tvm_compile.library_path(avx2)
+    with pytest.raises(ValueError, match="vector_lanes"):
+        ModelConfig(dims, vector_lanes=12)
+    # A library built for other registers than this host's runs with its own layout (library_config); that
+    # its results are unchanged is what every test above checks: at most one of CONFIGS matches this host.
+    backend = TVMBackend((dims, random_weights(dims)), library=libraries["even"], compile_if_missing=False)
+    assert (backend.config.vector_lanes, backend.config.vector_registers) == (16, 32)
+
+
+def test_host_vectors_agree_with_llvm() -> None:
+    # The tvm-free reading of /proc/cpuinfo (what picks the tiles without loading the compiler) against
+    # LLVM's view of the same CPU (what the compiler targets).
+    from whisperkv.backends.tvm.params import host_vectors
+    from whisperkv.backends.tvm.schedule_rules import cpu_info
+
+    info = cpu_info(tvm_compile.host_target())
+    assert host_vectors() == (info.lanes, info.registers)
 
 
 @pytest.mark.slow  # two compiles; test_library_for_other_dims_is_refused covers the cache in the fast tier

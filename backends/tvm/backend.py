@@ -29,7 +29,7 @@ from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
 from . import runtime, threads  # (threads first: TVM_NUM_THREADS before the runtime starts)
-from .library import cached_library, load_library
+from .library import cached_library, library_config, load_library
 from .packed import cached_weights, load_weights
 from .params import ROW_TILE, ModelConfig, max_token_rows
 
@@ -95,6 +95,7 @@ class TVMBackend:
         t0 = time.perf_counter()
         self.vm, self.library_path = load_library(self.config, Path(library) if library else None,
                                                   compile_if_missing=compile_if_missing, quiet=quiet)
+        self.config = library_config(self.vm, self.config)  # a library by path: its tiles' weight layout
         t1 = time.perf_counter()
         # Mapped from the cache (no copy) or packed in memory; the tensors keep their arrays alive.
         self._params = {fn: [runtime.as_tensor(a) for a in arrs]

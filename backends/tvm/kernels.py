@@ -7,10 +7,12 @@ them (compile.py runs a pipeline without fusion), so the schedules survive as wr
 
 Conventions:
 - Linear weights are *packed* once, at load time, as (N / nb, K, nb): for a block of nb output
-  columns the K rows are contiguous, so the inner loop is one broadcast of A and nb / 16 AVX-512 loads
-  of W per k. `pack_linear` (model.py) makes that layout from PyTorch's (N, K).
+  columns the K rows are contiguous, so the inner loop is one broadcast of A and nb / lanes vector loads
+  of W per k. `pack_linear` (params.py) makes that layout from PyTorch's (N, K).
 - A gemm computes an accumulator tile of mb x nb in registers and applies its epilogue (bias, GELU,
-  residual, masking) while writing the tile back: no extra pass over memory.
+  residual, masking) while writing the tile back: no extra pass over memory. The encoder's tiles are
+  sized from the vector registers the config names (ModelConfig.encoder_tile, key_block): a tile wider
+  than the register file spills on every k.
 - exp and erf are polynomial approximations (a few float32 ulp) written as TE expressions: LLVM
   vectorizes them, whereas `te.exp` / `te.erf` become one libm call per element (~20x slower here).
 """
@@ -182,7 +184,7 @@ def gemm(
         # Serial sweeps over chunks of nc columns (their packed weights stay in L2), each sweep
         # parallel over row tiles (each thread's rows of A stay in its L2 across sweeps); inside a row
         # tile, the nc / nb column blocks reuse the tile's A rows from L1. One mb x nb accumulator
-        # tile in registers (6 x 64: 24 of the 32 AVX-512 registers).
+        # tile in registers (ModelConfig.encoder_tile: 6 x 64 on AVX-512, 6 x 16 on AVX2).
         nc = n_chunk(n, k, nb)
         mo, mi = sch.split(lm, [None, mb])
         nco, no, ni = sch.split(ln, [None, nc // nb, nb])
@@ -450,7 +452,7 @@ def cross_attention(name: str, n_head: int, head_dim: int, n_audio: int) -> tirx
 # Encoder attention: every query row against all n_audio_ctx keys, without the full score matrix.
 
 
-def encoder_attention(name: str, T: int, C: int, H: int, D: int, nbt: int = 32, mb: int = 6) -> tirx.PrimFunc:
+def encoder_attention(name: str, T: int, C: int, H: int, D: int, nbt: int, nbd: int, mb: int = 6) -> tirx.PrimFunc:
     """qkv [T, 3C] (head h of q at columns h*D), keys packed [H, Tp / nbt, D, nbt], values packed
     [H, D / nbd, Tp, nbd] (Tp: T padded to nbt; padded keys and values are zero) -> [H, T, D].
 
@@ -459,7 +461,7 @@ def encoder_attention(name: str, T: int, C: int, H: int, D: int, nbt: int = 32, 
     second register-blocked gemm, divided by the row sum on write-back. The score block (mb x Tp) and
     its exponentials stay in cache: the (H, T, Tp) score matrix is never written to memory.
     """
-    Tp, Mp, nbd = _ceil_to(T, nbt), _ceil_to(T, mb), nb_for(D)
+    Tp, Mp = _ceil_to(T, nbt), _ceil_to(T, mb)
     scale = _f(1.0 / math.sqrt(D))
     q = te.placeholder((T, 3 * C), F32, name="qkv")
     kp = te.placeholder((H, Tp // nbt, D, nbt), F32, name="kp")
@@ -473,12 +475,14 @@ def encoder_attention(name: str, T: int, C: int, H: int, D: int, nbt: int = 32, 
                      name="acc")
     s = te.compute((H, Mp, Tp), lambda h, i, j: tirx.Select(j < T, acc[h, i, j] * scale, _f(-math.inf)), name="s")
 
+    lanes = LANES if Tp % LANES == 0 else nbt  # partials of the row reductions (Tp is a multiple of nbt)
+
     def reduce3(nm: str, value: AFn, combine) -> te.Tensor:
-        # over j, LANES partials first (vectorizable), then the partials
-        rc = te.reduce_axis((0, Tp // LANES), name=nm + "_c")
-        part = te.compute((H, Mp, LANES), lambda h, i, la: combine(value(h, i, rc * LANES + la), axis=rc),
+        # over j, `lanes` partials first (vectorizable), then the partials
+        rc = te.reduce_axis((0, Tp // lanes), name=nm + "_c")
+        part = te.compute((H, Mp, lanes), lambda h, i, la: combine(value(h, i, rc * lanes + la), axis=rc),
                           name=nm + "_part")
-        rl = te.reduce_axis((0, LANES), name=nm + "_l")
+        rl = te.reduce_axis((0, lanes), name=nm + "_l")
         return te.compute((H, Mp), lambda h, i: combine(part[h, i, rl], axis=rl), name=nm)
 
     mx = reduce3("mx", lambda h, i, j: s[h, i, j], te.max)

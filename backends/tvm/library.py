@@ -1,8 +1,9 @@
 """The compiled library in the cache: its name, its checks and its loading, with the TVM runtime alone.
 
 - Name: `whisper-{dims}-w{dtype}-{digest}.so` in the cache folder (backends/cache.py). The digest hashes
-  everything the code depends on: the config record (format, dims, weight dtype), the host (the CPU as
-  /proc/cpuinfo describes it, and the threads the library was built for), apache-tvm's version and the
+  everything the code depends on: the config record (format, dims, weight dtype, the vector registers the
+  tiles are sized for), the host (the CPU as /proc/cpuinfo describes it, and the threads the library was
+  built for), apache-tvm's version and the
   source of the model definition and kernels, so editing a kernel never loads a stale library. The host is
   named by what the kernel reports, not by LLVM's name for it (`llvm_get_system_cpu()`, which compile.py
   gives the compiler): asking LLVM would load the compiler.
@@ -18,6 +19,7 @@ import functools
 import hashlib
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,11 @@ from whisperkv.reference.errors import InputError
 
 from ..cache import NotCachedError, cache_dir, cached, check_record, elf_problem, loader_crash, workspace
 from . import runtime, threads
-from .params import ModelConfig
+from .params import ModelConfig, cpuinfo
 
-LIBRARY_FORMAT = 2  # bump when the calling convention between backend.py and the library changes (2: rows)
+# bump when the calling convention between backend.py and the library changes (2: rows; 3: the record
+# names the vector registers the tiles were sized for)
+LIBRARY_FORMAT = 3
 
 
 class LibraryMismatchError(InputError):
@@ -41,22 +45,16 @@ LibraryNotFoundError = NotCachedError
 
 
 def config_record(cfg: ModelConfig) -> dict:
-    return {"format": LIBRARY_FORMAT, "dims": cfg.dims.as_dict(), "decoder_weight_dtype": cfg.decoder_weight_dtype}
+    return {"format": LIBRARY_FORMAT, "dims": cfg.dims.as_dict(), "decoder_weight_dtype": cfg.decoder_weight_dtype,
+            "vectors": [cfg.vector_lanes, cfg.vector_registers]}
 
 
 @functools.cache
 def host_cpu() -> str:
     """This machine's CPU as the kernel describes it: vendor, family, model, name and feature flags (a VM
     that hides AVX-512 from its guest is another host than the bare metal)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor's block
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:  # not Linux
+    fields = cpuinfo()
+    if not fields:  # not Linux
         return f"{platform.machine()} {platform.processor()}"
     keep = ("vendor_id", "cpu family", "model", "model name", "CPU implementer", "CPU part", "isa", "Features")
     flags = " ".join(sorted(fields.get("flags", "").split()))
@@ -126,16 +124,20 @@ _DIM_NAMES = list(ModelDims.__dataclass_fields__)
 
 
 def config_values(cfg: ModelConfig) -> list[int]:
-    """The record as the library carries it: (format, the ten dims in ModelDims order, weight dtype code)."""
+    """The record as the library carries it: (format, the ten dims in ModelDims order, weight dtype code,
+    vector lanes, vector registers)."""
     rec = config_record(cfg)
-    return [rec["format"], *(rec["dims"][k] for k in _DIM_NAMES), _DTYPE_CODES[rec["decoder_weight_dtype"]]]
+    return [rec["format"], *(rec["dims"][k] for k in _DIM_NAMES), _DTYPE_CODES[rec["decoder_weight_dtype"]],
+            *rec["vectors"]]
 
 
 def read_config(vm: Any) -> dict:
     values = [int(v) for v in vm["whisperkv_config"]()]
     codes = {v: k for k, v in _DTYPE_CODES.items()}
+    if values[0] != LIBRARY_FORMAT:  # an older record has other fields: its format is enough to refuse it
+        return {"format": values[0]}
     return {"format": values[0], "dims": dict(zip(_DIM_NAMES, values[1:11], strict=True)),
-            "decoder_weight_dtype": codes.get(values[11], "?")}
+            "decoder_weight_dtype": codes.get(values[11], "?"), "vectors": values[12:14]}
 
 
 def check_library(vm: Any, cfg: ModelConfig, path: Path | str) -> None:
@@ -150,16 +152,31 @@ def check_library(vm: Any, cfg: ModelConfig, path: Path | str) -> None:
         if got.get("dims") != want["dims"]:
             gd, wd = ModelDims(**got["dims"]) if "dims" in got else None, cfg.dims
             diffs.append(f"dims {gd.key() if gd else '?'} != model {wd.key()}")
-        for k in ("format", "decoder_weight_dtype"):
+        for k in ("format", "decoder_weight_dtype", "vectors"):
             if got.get(k) != want[k]:
                 diffs.append(f"{k} {got.get(k)!r} != {want[k]!r}")
-        raise LibraryMismatchError(f"{path}: library was compiled for another model: {'; '.join(diffs)}")
+        raise LibraryMismatchError(f"{path}: library was compiled for another model or CPU: {'; '.join(diffs)}")
+
+
+def library_config(vm: Any, cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with the vector registers the library's tiles were sized for. A library handed over by path may
+    have been built for another CPU's registers (or a test's): tiles change its speed, not its results, and
+    the weights are packed to match its layout (param_specs). `cfg` itself when the record is not readable
+    (check_library then says why)."""
+    try:
+        got = read_config(vm)
+        lanes, registers = got["vectors"]
+        return replace(cfg, vector_lanes=int(lanes), vector_registers=int(registers))
+    except Exception:  # noqa: BLE001 - not one of ours, or an older format: check_library refuses it
+        return cfg
 
 
 def load_library(cfg: ModelConfig, path: Path | str | None = None, compile_if_missing: bool = True,
                  quiet: bool = False) -> tuple[runtime.VM, Path]:
     """The VM for `cfg`, from the cache (checked; compiled on a miss) or from an explicit path (checked
-    structurally; compiled there if missing and `compile_if_missing`)."""
+    structurally; compiled there if missing and `compile_if_missing`; its vector registers may differ from
+    `cfg`'s: see library_config)."""
+    explicit = path is not None
     if path is None:
         path = cached_library(cfg, compile_if_missing=compile_if_missing, quiet=quiet)
     else:
@@ -174,7 +191,8 @@ def load_library(cfg: ModelConfig, path: Path | str | None = None, compile_if_mi
     vm = _LOADED.get(key)
     if vm is None:
         vm = runtime.VM(load_module(path))
-    check_library(vm, cfg, path)  # also for a cached VM: the same file may be asked for by another config
+    # also for a cached VM: the same file may be asked for by another config
+    check_library(vm, library_config(vm, cfg) if explicit else cfg, path)
     _LOADED[key] = vm
     return vm, path
 

@@ -39,7 +39,6 @@ from .params import (  # noqa: F401  (model.X users)
     F32,
     MAX_PLANNED_BATCH,
     NARROW,
-    WIDE,
     ModelConfig,
     max_token_rows,
     pack_linear,
@@ -95,7 +94,8 @@ class _Graph:
         row_tile (symbolic M): kernels.gemm's tiles of that many rows; None: one row at a time.
         """
         static = isinstance(m, int)
-        nb = K.nb_for(n, WIDE if static else NARROW)
+        mb, wide = self.cfg.encoder_tile
+        nb = K.nb_for(n, wide if static else NARROW)
         kind = f"{a_view[0]}{a_view[1]}" if a_view else ("batched" if batch is not None else "dense")
         rows = str(m) if static else (f"t{row_tile}" if row_tile else "n")
         name = (f"linear_{kind}_{rows}x{k}x{n}{'_b' if b is not None else ''}{'_' + act if act else ''}"
@@ -134,7 +134,7 @@ class _Graph:
                 return res[i, j] + y if res is not None else y
 
             return K.gemm(name, ins, nbatch, mm, n, k, a_fn, lambda _b, j, kk: wp[j // nb, kk, j % nb], epilogue, nb,
-                          batched_output=batch is not None, row_tile=row_tile)
+                          mb=mb, batched_output=batch is not None, row_tile=row_tile)
 
         args = [x, w] + ([b] if b is not None else []) + ([residual] if residual is not None else [])
         return self.call(name, make, args, _tensor([batch, m, n] if batch is not None else [m, n]))
@@ -184,20 +184,23 @@ class _Graph:
     def self_attention_full(self, qkv, T: int, C: int, H: int, D: int) -> relax.Expr:
         """Encoder attention: [T, 3C] -> [H, T, D], one fused kernel (kernels.encoder_attention).
 
-        Keys are padded to Tp (a multiple of the 32-key block) so the score tile has no tail; the
-        padded columns are -inf before the softmax and so exactly 0 after it. The (H, T, Tp) score
-        matrix is never materialized: each block of query rows keeps its scores in cache.
+        Keys are padded to Tp (a multiple of the key block) so the score tile has no tail; the padded
+        columns are -inf before the softmax and so exactly 0 after it. The (H, T, Tp) score matrix is
+        never materialized: each block of query rows keeps its scores in cache. Tiles from the config's
+        vector registers (ModelConfig.key_block, encoder_tile).
         """
-        nbt = 32
+        mb, wide = self.cfg.encoder_tile
+        nbt = self.cfg.key_block
         Tp = -(-T // nbt) * nbt
-        nbd = K.nb_for(D)
+        nbd = K.nb_for(D, wide)
         # K as the packed right operand of the score tile: [H, Tp / nbt, D, nbt]; V for P @ V: [H, D / nbd, Tp, nbd]
         kp = self.call(f"pack_keys_{T}x{C}", lambda: _pack_heads(T, Tp, C, H, D, nbt, C, transpose=True),
                        [qkv], _tensor([H, Tp // nbt, D, nbt]))
         vp = self.call(f"pack_values_{T}x{C}", lambda: _pack_heads(T, Tp, C, H, D, nbd, 2 * C, transpose=False),
                        [qkv], _tensor([H, D // nbd, Tp, nbd]))
         name = f"encoder_attention_{T}x{C}"
-        return self.call(name, lambda: K.encoder_attention(name, T, C, H, D, nbt), [qkv, kp, vp], _tensor([H, T, D]))
+        return self.call(name, lambda: K.encoder_attention(name, T, C, H, D, nbt, nbd, mb), [qkv, kp, vp],
+                         _tensor([H, T, D]))
 
     # -- cross K/V ---------------------------------------------------------------------------
 

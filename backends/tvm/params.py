@@ -8,7 +8,8 @@ packs or memory-maps weights (packed.py) without the compiler. model.py and kern
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,7 +20,7 @@ Arr = np.ndarray
 
 
 def nb_for(n: int, widest: int = 32) -> int:
-    """Output-column block of a packed weight: `widest` (64: four AVX-512 vectors, or 32) when it divides n."""
+    """Output-column block of a packed weight: the widest power of two up to `widest` that divides n."""
     for nb in (64, 32, 16, 8, 4, 2):
         if nb <= widest and n % nb == 0:
             return nb
@@ -35,18 +36,69 @@ def nb_for(n: int, widest: int = 32) -> int:
 ROW_TILE = 3
 
 
+@functools.cache
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none: not Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def host_vectors() -> tuple[int, int]:
+    """(float32 lanes of a vector, vector registers) of this CPU, from the features the kernel reports (not
+    from LLVM: asking it would load the compiler). schedule_rules.cpu_info reads the same from a target."""
+    info = cpuinfo()
+    flags = set((info.get("flags", "") + " " + info.get("Features", "")).split())
+    if "avx512f" in flags:
+        return 16, 32
+    if "avx" in flags:
+        return 8, 16
+    if "asimd" in flags or "neon" in flags:
+        return 4, 32
+    return 4, 16  # SSE or unknown: small vectors are always legal (LLVM splits them where needed)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything the compiled code depends on: the dims and the storage dtype of the decoder weights."""
+    """Everything the compiled code depends on: the dims, the storage dtype of the decoder weights and the
+    vector registers the kernels' tiles are sized for (this host's by default)."""
 
     dims: ModelDims
     # "float16": decoder linear weights and the tied embedding are stored in fp16 and widened to fp32
     # inside the kernels (exact for a checkpoint that was fp16 on disk; halves the step's memory reads).
     decoder_weight_dtype: str = F32
+    vector_lanes: int = field(default_factory=lambda: host_vectors()[0])
+    vector_registers: int = field(default_factory=lambda: host_vectors()[1])
 
     def __post_init__(self) -> None:
         if self.decoder_weight_dtype not in ("float32", "float16"):
             raise ValueError(f"decoder_weight_dtype must be float32 or float16, got {self.decoder_weight_dtype!r}")
+        if self.vector_lanes not in (4, 8, 16) or self.vector_registers not in (16, 32):
+            raise ValueError(f"vector_lanes must be 4, 8 or 16 and vector_registers 16 or 32, got "
+                             f"{self.vector_lanes} and {self.vector_registers}")
+
+    @property
+    def encoder_tile(self) -> tuple[int, int]:
+        """(rows, columns) of the register tile of the static gemms (encoder, cross K/V): 6 rows of
+        accumulators as wide as leaves room for one row of weight vectors and a broadcast input: 6 x 64 with
+        32 AVX-512 registers (24 + 4 + 1), 6 x 16 with AVX2's 16 (12 + 2 + 1). AVX2 with the AVX-512 tile
+        spilled its accumulators: tiny.en's MLP gemms ran 3-6x slower (Zen 3, benchmarks in docs/schedules.md)."""
+        vectors = 4 if self.vector_registers >= 32 else 2
+        return 6, vectors * self.vector_lanes
+
+    @property
+    def key_block(self) -> int:
+        """Keys per score tile of the encoder's attention (kernels.encoder_attention): two vectors, 6 x 2
+        accumulators (32 keys on AVX-512, 16 on AVX2)."""
+        return 2 * self.vector_lanes
 
     @property
     def vocab_block(self) -> int:
@@ -66,9 +118,9 @@ class ModelConfig:
 # Parameter contract (shapes and dtypes, in call order) and packing from the canonical checkpoint
 
 
-# Column blocks: the encoder's gemms (many rows) use 6 x 64 register tiles; the decoder's streaming
-# gemvs (a few rows) keep blocks of 32.
-WIDE, NARROW = 64, 32
+# Column blocks: the encoder's gemms (many rows) use ModelConfig.encoder_tile's register tiles; the
+# decoder's streaming gemvs (a few rows) keep blocks of NARROW.
+NARROW = 32
 
 
 def pack_linear(w: Arr, dtype: str = F32, widest: int = NARROW) -> Arr:
@@ -95,25 +147,26 @@ def param_specs(cfg: ModelConfig) -> dict[str, list[tuple[str, tuple[int, ...], 
     d = cfg.dims
     a, t = d.n_audio_state, d.n_text_state
     wd = cfg.decoder_weight_dtype
+    wide = cfg.encoder_tile[1]  # the static gemms' column block
     enc = [
-        ("conv1.w", _packed_shape(a, 3 * d.n_mels, WIDE), F32), ("conv1.b", (a,), F32),
-        ("conv2.w", _packed_shape(a, 3 * a, WIDE), F32), ("conv2.b", (a,), F32),
+        ("conv1.w", _packed_shape(a, 3 * d.n_mels, wide), F32), ("conv1.b", (a,), F32),
+        ("conv2.w", _packed_shape(a, 3 * a, wide), F32), ("conv2.b", (a,), F32),
         ("pos", (d.n_audio_ctx, a), F32),
     ]
     for i in range(d.n_audio_layer):
         p = f"blocks.{i}."
         enc += [
             (p + "attn_ln.g", (a,), F32), (p + "attn_ln.b", (a,), F32),
-            (p + "qkv.w", _packed_shape(3 * a, a, WIDE), F32), (p + "qkv.b", (3 * a,), F32),
-            (p + "out.w", _packed_shape(a, a, WIDE), F32), (p + "out.b", (a,), F32),
+            (p + "qkv.w", _packed_shape(3 * a, a, wide), F32), (p + "qkv.b", (3 * a,), F32),
+            (p + "out.w", _packed_shape(a, a, wide), F32), (p + "out.b", (a,), F32),
             (p + "mlp_ln.g", (a,), F32), (p + "mlp_ln.b", (a,), F32),
-            (p + "fc1.w", _packed_shape(4 * a, a, WIDE), F32), (p + "fc1.b", (4 * a,), F32),
-            (p + "fc2.w", _packed_shape(a, 4 * a, WIDE), F32), (p + "fc2.b", (a,), F32),
+            (p + "fc1.w", _packed_shape(4 * a, a, wide), F32), (p + "fc1.b", (4 * a,), F32),
+            (p + "fc2.w", _packed_shape(a, 4 * a, wide), F32), (p + "fc2.b", (a,), F32),
         ]
     enc += [("ln_post.g", (a,), F32), ("ln_post.b", (a,), F32)]
     cross = []
     for i in range(d.n_text_layer):
-        cross += [(f"blocks.{i}.cross_kv.w", _packed_shape(2 * t, t, WIDE), F32),
+        cross += [(f"blocks.{i}.cross_kv.w", _packed_shape(2 * t, t, wide), F32),
                   (f"blocks.{i}.cross_kv.b", (2 * t,), F32)]
     dec = [
         ("embedding", (cfg.vocab_padded // cfg.vocab_block, t, cfg.vocab_block), wd),
@@ -141,6 +194,7 @@ def pack_params(weights: dict[str, Arr], cfg: ModelConfig) -> dict[str, list[Arr
     d = cfg.dims
     w = weights
     wd = cfg.decoder_weight_dtype
+    wide = cfg.encoder_tile[1]
 
     def qkv(p: str) -> tuple[Arr, Arr]:
         n = w[p + ".query.weight"].shape[0]
@@ -149,19 +203,19 @@ def pack_params(weights: dict[str, Arr], cfg: ModelConfig) -> dict[str, list[Arr
         return mat, bias
 
     enc: list[Arr] = [
-        pack_linear(_conv_as_linear(w["encoder.conv1.weight"]), widest=WIDE), w["encoder.conv1.bias"],
-        pack_linear(_conv_as_linear(w["encoder.conv2.weight"]), widest=WIDE), w["encoder.conv2.bias"],
+        pack_linear(_conv_as_linear(w["encoder.conv1.weight"]), widest=wide), w["encoder.conv1.bias"],
+        pack_linear(_conv_as_linear(w["encoder.conv2.weight"]), widest=wide), w["encoder.conv2.bias"],
         w["encoder.positional_embedding"],
     ]
     for i in range(d.n_audio_layer):
         p = f"encoder.blocks.{i}"
         m, b = qkv(p + ".attn")
         enc += [
-            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m, widest=WIDE), b,
-            pack_linear(w[p + ".attn.out.weight"], widest=WIDE), w[p + ".attn.out.bias"],
+            w[p + ".attn_ln.weight"], w[p + ".attn_ln.bias"], pack_linear(m, widest=wide), b,
+            pack_linear(w[p + ".attn.out.weight"], widest=wide), w[p + ".attn.out.bias"],
             w[p + ".mlp_ln.weight"], w[p + ".mlp_ln.bias"],
-            pack_linear(w[p + ".mlp.0.weight"], widest=WIDE), w[p + ".mlp.0.bias"],
-            pack_linear(w[p + ".mlp.2.weight"], widest=WIDE), w[p + ".mlp.2.bias"],
+            pack_linear(w[p + ".mlp.0.weight"], widest=wide), w[p + ".mlp.0.bias"],
+            pack_linear(w[p + ".mlp.2.weight"], widest=wide), w[p + ".mlp.2.bias"],
         ]
     enc += [w["encoder.ln_post.weight"], w["encoder.ln_post.bias"]]
     cross: list[Arr] = []
@@ -169,7 +223,7 @@ def pack_params(weights: dict[str, Arr], cfg: ModelConfig) -> dict[str, list[Arr
         p = f"decoder.blocks.{i}.cross_attn"
         t = w[p + ".key.weight"].shape[0]
         cross += [
-            pack_linear(np.concatenate([w[p + ".key.weight"], w[p + ".value.weight"]]), widest=WIDE),
+            pack_linear(np.concatenate([w[p + ".key.weight"], w[p + ".value.weight"]]), widest=wide),
             np.concatenate([np.zeros(t, np.float32), w[p + ".value.bias"]]),
         ]
     emb = w["decoder.token_embedding.weight"]
