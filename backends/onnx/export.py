@@ -13,6 +13,12 @@ but LayerNormalization and Softmax run in float32 (Cast in, Cast out), because t
 variance over 384 values, a sum of exp over up to 1500 scores) lose most of float16's 11 bits, and a
 masked score of -inf must stay -inf. Graph inputs and outputs stay float32, as in Optimum's fp16
 exports; the KV tensors are widened on the way out, exactly (every float16 is a float32).
+
+Node names: the node that computes one of the reference's named intermediates (reference/checks/hooked.py)
+carries its name (`encoder.conv1`, `decoder.blocks.0.attn_ln`, `decoder.blocks.0.attn.query` on the bias Add,
+`....attn.scores` on the masked scores, `....attn.weights` on the Softmax, `decoder.logits`), one node per
+name, so that `verify` can name the first operation of an export that differs (reference/checks/onnx_probe.py);
+the other nodes are unnamed. (The cache keys hash this file: a renamed node re-exports and recompiles.)
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class Graph:
         self.weights, self.dtype = weights, compute_dtype
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
+        self._producer: dict[str, onnx.NodeProto] = {}  # output -> the node that computes it
         self._count = 0
 
     def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
@@ -54,7 +61,17 @@ class Graph:
             self._count += 1
             output = f"/{op_type}_{self._count}"
         self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
+        self._producer[output] = self.nodes[-1]
         return output
+
+    def name(self, x: str, name: str) -> str:
+        """Name the node that produced `x` after the reference's intermediate `name` (checks/hooked.py:
+        `decoder.blocks.0.attn.scores`, ...); -> x. `verify` adds the named nodes' outputs to a copy of the graph's
+        outputs and matches them to the reference's intermediates by these names (reference/checks/onnx_probe.py).
+        Node names, not tensor names: a tensor named `encoder.positional_embedding` would clash with the
+        initializer of that name."""
+        self._producer[x].name = name
+        return x
 
     def weight(self, name: str, transpose: bool = False, dtype: str | None = None) -> str:
         """A checkpoint tensor as an initializer (once, however often it is used)."""
@@ -98,24 +115,25 @@ def _value_info(spec: layout.TensorSpec, name: str | None = None) -> onnx.ValueI
 
 def linear(g: Graph, x: str, prefix: str, bias: bool = True) -> str:  # [B, n, in] -> [B, n, out]
     y = g.op("MatMul", [x, g.weight(f"{prefix}.weight", transpose=True)])  # weight stored (in, out)
-    return g.op("Add", [y, g.weight(f"{prefix}.bias")]) if bias else y
+    return g.name(g.op("Add", [y, g.weight(f"{prefix}.bias")]) if bias else y, prefix)
 
 
 def layer_norm(g: Graph, x: str, prefix: str) -> str:  # [B, n, d] -> [B, n, d], computed in float32
     x32 = g.cast(x, "float32") if g.dtype != "float32" else x
     y = g.op("LayerNormalization", [x32, g.weight(f"{prefix}.weight", dtype="float32"),
                                     g.weight(f"{prefix}.bias", dtype="float32")], axis=-1, epsilon=LN_EPS)
-    return g.cast(y, g.dtype) if g.dtype != "float32" else y
+    return g.name(g.cast(y, g.dtype) if g.dtype != "float32" else y, prefix)
 
 
-def gelu(g: Graph, x: str) -> str:  # [...] -> [...]: 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
+def gelu(g: Graph, x: str, name: str) -> str:  # [...] -> [...]: 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
     e = g.op("Erf", [g.op("Mul", [x, g.const(1.0 / math.sqrt(2.0), g.dtype)])])
-    return g.op("Mul", [g.op("Mul", [x, g.const(0.5, g.dtype)]), g.op("Add", [e, g.const(1.0, g.dtype)])])
+    return g.name(g.op("Mul", [g.op("Mul", [x, g.const(0.5, g.dtype)]), g.op("Add", [e, g.const(1.0, g.dtype)])]),
+                  name)
 
 
 def conv(g: Graph, x: str, prefix: str, stride: int) -> str:  # [B, c_in, t] -> [B, c_out, t / stride]
-    return g.op("Conv", [x, g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias")],
-                kernel_shape=[3], pads=[1, 1], strides=[stride])
+    return g.name(g.op("Conv", [x, g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias")],
+                       kernel_shape=[3], pads=[1, 1], strides=[stride]), prefix)
 
 
 def split_heads(g: Graph, x: str, n_head: int, head_dim: int) -> str:  # [B, n, d] -> [B, h, n, hd]
@@ -128,18 +146,19 @@ def merge_heads(g: Graph, x: str, d: int) -> str:  # [B, h, n, hd] -> [B, n, d]
     return g.op("Reshape", [x, g.const([0, -1, d], "int64")])
 
 
-def attend(g: Graph, q: str, k: str, v: str, head_dim: int, mask: str | None = None) -> str:
+def attend(g: Graph, q: str, k: str, v: str, head_dim: int, prefix: str, mask: str | None = None) -> str:
     # q [B, h, nq, hd], k/v [B, h, nk, hd], mask [nq, nk] float32 (0 or -inf) -> [B, h, nq, hd]
+    # (prefix: the attention module, `decoder.blocks.0.attn`: its scores (masked) and weights are named)
     q = g.op("Mul", [q, g.const(head_dim ** -0.5, g.dtype)])  # scale q only, as the reference does
     scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])  # [B, h, nq, nk]
     if g.dtype != "float32":
         scores = g.cast(scores, "float32")
     if mask is not None:
         scores = g.op("Add", [scores, mask])
-    p = g.op("Softmax", [scores], axis=-1)
+    p = g.op("Softmax", [g.name(scores, f"{prefix}.scores")], axis=-1)
     if g.dtype != "float32":
         p = g.cast(p, g.dtype)
-    return g.op("MatMul", [p, v])
+    return g.op("MatMul", [g.name(p, f"{prefix}.weights"), v])
 
 
 def attention_projections(g: Graph, h: str, prefix: str, n_head: int, head_dim: int) -> tuple[str, str, str]:
@@ -152,7 +171,7 @@ def attention_projections(g: Graph, h: str, prefix: str, n_head: int, head_dim: 
 
 def mlp(g: Graph, x: str, prefix: str) -> str:  # [B, n, d] -> [B, n, d] (the residual branch only)
     h = layer_norm(g, x, f"{prefix}.mlp_ln")
-    return linear(g, gelu(g, linear(g, h, f"{prefix}.mlp.0")), f"{prefix}.mlp.2")
+    return linear(g, gelu(g, linear(g, h, f"{prefix}.mlp.0"), f"{prefix}.mlp.gelu"), f"{prefix}.mlp.2")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,18 +181,18 @@ def mlp(g: Graph, x: str, prefix: str) -> str:  # [B, n, d] -> [B, n, d] (the re
 def encoder_block(g: Graph, x: str, prefix: str, dims: ModelDims) -> str:  # [B, ctx, d] -> [B, ctx, d]
     h = layer_norm(g, x, f"{prefix}.attn_ln")
     q, k, v = attention_projections(g, h, f"{prefix}.attn", dims.n_audio_head, dims.audio_head_dim)
-    a = merge_heads(g, attend(g, q, k, v, dims.audio_head_dim), dims.n_audio_state)
-    x = g.op("Add", [x, linear(g, a, f"{prefix}.attn.out")])
-    return g.op("Add", [x, mlp(g, x, prefix)])
+    a = merge_heads(g, attend(g, q, k, v, dims.audio_head_dim, f"{prefix}.attn"), dims.n_audio_state)
+    x = g.name(g.op("Add", [x, linear(g, a, f"{prefix}.attn.out")]), f"{prefix}.attn.residual")
+    return g.name(g.op("Add", [x, mlp(g, x, prefix)]), f"{prefix}.mlp.residual")
 
 
 def encoder_model(weights: Weights, dims: ModelDims, dtype: str) -> onnx.ModelProto:
     g = Graph(weights, dtype)
     x = g.to_compute("input_features")  # [B, n_mels, 2 ctx]
-    x = gelu(g, conv(g, x, "encoder.conv1", stride=1))  # [B, d, 2 ctx]
-    x = gelu(g, conv(g, x, "encoder.conv2", stride=2))  # [B, d, ctx]
+    x = gelu(g, conv(g, x, "encoder.conv1", stride=1), "encoder.conv1.gelu")  # [B, d, 2 ctx]
+    x = gelu(g, conv(g, x, "encoder.conv2", stride=2), "encoder.conv2.gelu")  # [B, d, ctx]
     x = g.op("Transpose", [x], perm=[0, 2, 1])  # [B, ctx, d]
-    x = g.op("Add", [x, g.weight("encoder.positional_embedding")])
+    x = g.name(g.op("Add", [x, g.weight("encoder.positional_embedding")]), "encoder.positional_embedding")
     for i in range(dims.n_audio_layer):
         x = encoder_block(g, x, f"encoder.blocks.{i}", dims)
     g.output(layer_norm(g, x, "encoder.ln_post"), "last_hidden_state")
@@ -222,14 +241,14 @@ def decoder_block(g: Graph, x: str, layer: int, dims: ModelDims, past_k: str | N
     if past_k is not None:
         k = g.op("Concat", [past_k, k], axis=2)
         v = g.op("Concat", [past_v, v], axis=2)
-    a = merge_heads(g, attend(g, q, k, v, hd, mask), dims.n_text_state)
-    x = g.op("Add", [x, linear(g, a, f"{p}.attn.out")])
+    a = merge_heads(g, attend(g, q, k, v, hd, f"{p}.attn", mask), dims.n_text_state)
+    x = g.name(g.op("Add", [x, linear(g, a, f"{p}.attn.out")]), f"{p}.attn.residual")
 
     h = layer_norm(g, x, f"{p}.cross_attn_ln")
     q = split_heads(g, linear(g, h, f"{p}.cross_attn.query"), h_, hd)
-    a = merge_heads(g, attend(g, q, cross_k, cross_v, hd), dims.n_text_state)
-    x = g.op("Add", [x, linear(g, a, f"{p}.cross_attn.out")])
-    return g.op("Add", [x, mlp(g, x, p)]), k, v
+    a = merge_heads(g, attend(g, q, cross_k, cross_v, hd, f"{p}.cross_attn"), dims.n_text_state)
+    x = g.name(g.op("Add", [x, linear(g, a, f"{p}.cross_attn.out")]), f"{p}.cross_attn.residual")
+    return g.name(g.op("Add", [x, mlp(g, x, p)]), f"{p}.mlp.residual"), k, v
 
 
 def cross_kv(g: Graph, audio: str, layer: int, dims: ModelDims) -> tuple[str, str]:
@@ -242,12 +261,13 @@ def cross_kv(g: Graph, audio: str, layer: int, dims: ModelDims) -> tuple[str, st
 
 def logits(g: Graph, x: str) -> str:  # [B, n, d] -> [B, n, n_vocab], tied to the token embedding
     x = layer_norm(g, x, "decoder.ln")
-    return g.op("MatMul", [x, g.op("Transpose", [g.weight("decoder.token_embedding.weight")], perm=[1, 0])])
+    return g.name(g.op("MatMul", [x, g.op("Transpose", [g.weight("decoder.token_embedding.weight")], perm=[1, 0])]),
+                  "decoder.logits")
 
 
 def embed(g: Graph, positions: str) -> str:  # input_ids [B, n] -> [B, n, d]
     tokens = g.op("Gather", [g.weight("decoder.token_embedding.weight"), "input_ids"])
-    return g.op("Add", [tokens, positions])
+    return g.name(g.op("Add", [tokens, positions]), "decoder.embedding")
 
 
 def decoder_model(weights: Weights, dims: ModelDims, dtype: str, cache_position: bool = False) -> onnx.ModelProto:

@@ -12,7 +12,7 @@ import numpy as np
 from .. import kv as kvslots
 from ..backend import Backend
 from ..weights import Checkpoint
-from . import causes, signatures
+from . import causes, onnx_probe, signatures
 from . import localise as loc
 from .compare import SMALL_DRIFT, close, compare, distance, scale_of
 from .hooked import Hooked, operation_name
@@ -33,7 +33,8 @@ class Diagnosis:
     layer: int | None = None
     replayed: list[str] = field(default_factory=list)  # the mutants replayed (those compatible with the evidence)
     # the first operation whose result differs, given the reference's inputs at that stage: for candidates that
-    # expose their intermediates (checks/hooked.py, `intermediates`); "" for the others
+    # expose their intermediates (a python hook, checks/hooked.py's `intermediates`; an ONNX graph's node names,
+    # checks/onnx_probe.py); "" for the others
     operation: str = ""
 
 
@@ -127,8 +128,9 @@ def replay_mutants(lockstep: Lockstep, ev: signatures.Evidence, checkpoint: Chec
 
 def diagnose(lockstep: Lockstep, ev: signatures.Evidence, checkpoint: Checkpoint) -> Diagnosis:
     """Localise the first divergence, then name its cause: a signature rule, else a replayed mutant, else
-    "unknown" with the localisation; for candidates that expose their intermediates, the first operation
-    that differs (at the encoder only where the cause is unknown: it costs two encoder passes)."""
+    "unknown" with the localisation; for candidates that expose their intermediates (a python hook, an ONNX
+    graph), the first operation that differs (at the encoder only where the cause is unknown: it costs two
+    encoder passes)."""
     d = _named(lockstep, ev, checkpoint)
     if not ev.stage.error and (ev.stage.stage != "encode" or d.cause == causes.UNKNOWN.label):
         d.operation = first_operation(lockstep, ev)
@@ -167,28 +169,51 @@ def _named(lockstep: Lockstep, ev: signatures.Evidence, checkpoint: Checkpoint) 
 
 
 def first_operation(lockstep: Lockstep, ev: signatures.Evidence) -> str:
-    """For a candidate with an `intermediates(call, *args)` hook: run the divergent stage's call on both sides
-    from the reference's inputs, and name the first intermediate (in the reference's order) that differs or
-    that the candidate does not report. "" where the candidate has no hook."""
-    hook = getattr(lockstep.cand.backend, "intermediates", None)
-    if hook is None:
+    """For a candidate that exposes its intermediates: run the divergent stage's call on both sides from the
+    reference's inputs, and name the first intermediate (in the reference's order) that differs or that the
+    candidate does not report. A python candidate exposes them through an `intermediates(call, *args)` hook;
+    an ONNX candidate (onnxruntime, tvm-onnx) through its graph's node names (checks/onnx_probe.py). "" for the
+    others."""
+    backend = lockstep.cand.backend
+    hook = getattr(backend, "intermediates", None)
+    probe = onnx_probe.probe_for(backend) if hook is None else None
+    if hook is None and probe is None:
         return ""
     reference = Hooked((lockstep.ref.dims, lockstep.ref.weights))
     try:
         call, args, cand_args = _stage_call(lockstep, ev, reference)
         ours = reference.intermediates(call, *args)
-        theirs = dict(hook(call, *cand_args))
+        if probe is not None:
+            theirs = probe.intermediates(call, cand_args, [name for name, _ in ours], lockstep.tol.relative)
+        elif hook is not None:
+            theirs = dict(hook(call, *cand_args))
+    except onnx_probe.NamesNotRecognised as e:
+        return str(e)
     except Exception as e:  # a hook that fails says nothing about the bug
         return f"the candidate's intermediates could not be read ({causes.error_text(e)})"
+    if probe is not None and probe.unreproduced:
+        return (f"the candidate's graph, run with its operations exposed, does not reproduce the candidate on the "
+                f"same inputs ({probe.unreproduced}): the fault is in how the engine compiled or fused operations "
+                "(exposing intermediates changes that), not in an operation the graph names")
+    missing = "the candidate's graph has no node of that name" if probe is not None else \
+        "the candidate reports no such intermediate"
     for name, r in ours:
         if name not in theirs:
-            return f"{operation_name(name)} ({name}): the candidate reports no such intermediate"
-        c = np.asarray(theirs[name])
+            return f"{operation_name(name)} ({name}): {missing}"
+        c = same_layout(r, np.asarray(theirs[name]))
         if not close(r, c, lockstep.tol.relative):
             # (-inf is a masked score, not a fault)
             found = compare(name, r, c, allow_neg_inf=True).summary()
             return f"{operation_name(name)} ({name}): {found}; every operation before it agrees"
     return "every intermediate agrees, given the reference's inputs at this stage"
+
+
+def same_layout(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """cand reshaped to ref's shape where they differ only by axes of size 1 (a graph keeps the batch axis and a
+    step's one position, where the reference drops them); otherwise unchanged (the comparison reports both)."""
+    if cand.shape != ref.shape and [d for d in cand.shape if d != 1] == [d for d in ref.shape if d != 1]:
+        return cand.reshape(ref.shape)
+    return cand
 
 
 def _stage_call(lockstep: Lockstep, ev: signatures.Evidence, reference: Hooked) -> tuple[str, tuple, tuple]:

@@ -9,7 +9,8 @@ A mutant is then one small override, and model.py stays free of hooks.
 `intermediates(call, *args)` runs one protocol call (`encode`, `prefill` or `step`) and returns every
 intermediate in computation order, named as openai-whisper's modules are (`decoder.blocks.0.attn.scores`,
 `encoder.conv1`, ...): the optional hook through which `verify` finds the first operation that differs
-(docs/verify.md). A python candidate that implements the same method with the same names gets that too.
+(docs/verify.md). A python candidate that implements the same method with the same names gets that too; an
+ONNX candidate exported by whisperkv gets it through its node names, which are these (checks/onnx_probe.py).
 """
 
 from __future__ import annotations
