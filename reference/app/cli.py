@@ -259,6 +259,8 @@ def _verify(args: argparse.Namespace) -> int:
     from ..weights import load_checkpoint
     from .corpus import collect_inputs
 
+    if args.agreement:
+        return _verify_agreement(args)
     if args.manifest or args.jobs > 1 or args.cluster or args.files_from:
         return _verify_corpus(args)
     if not args.audio:
@@ -284,6 +286,42 @@ def _verify(args: argparse.Namespace) -> int:
     elif len(reports) > 1:
         emit("\n".join(summary_table(reports)))
     return 0 if all(r.agree for r in reports) else EXIT_DIVERGE
+
+
+def _verify_agreement(args: argparse.Namespace) -> int:
+    """verify --agreement: each file decoded free-running by both, the candidate judged by its decisions
+    (checks/agreement.py); exit 1 when it is not acceptable."""
+    from ..audio import open_audio
+    from ..checks import agreement
+    from ..checks.candidates import resolve_candidate
+    from ..model import NumpyModel
+    from ..tokenizer import Tokenizer
+    from ..weights import load_checkpoint
+    from .corpus import collect_inputs
+
+    if args.manifest or args.jobs > 1 or args.cluster:
+        raise InputError("--agreement runs in this process: it takes no --manifest, --jobs or --cluster")
+    if not args.audio and not args.files_from:
+        raise InputError("no audio files given")
+    paths = collect_inputs(args.audio, args.files_from)
+    checkpoint = load_checkpoint(args.model)
+    # every file is opened (and refused if bad) before any work
+    sources = [open_audio(path, checkpoint.dims.n_mels) for path in paths]
+    tokenizer = Tokenizer(checkpoint.tokenizer_path, multilingual=checkpoint.dims.is_multilingual)
+    candidate = resolve_candidate(args.candidate, checkpoint, tokenizer)
+    reference = NumpyModel(checkpoint)
+    transcripts = agreement.human_transcripts(paths)
+    files = []
+    for path, source in zip(paths, sources, strict=True):
+        windows = [mel for _, mel in source.mel_windows(checkpoint.dims.n_mel_frames)]
+        f = agreement.agreement(reference, candidate, tokenizer, windows, audio=str(source.name),
+                                transcript=transcripts.get(path))
+        print(f"whisperkv: {source.name}: {agreement.time_line(f)}", file=sys.stderr)  # differs run to run
+        files.append(f)
+    result = agreement.judge(files)
+    emit(json.dumps(result.as_dict(), ensure_ascii=False) if args.format == "json"
+         else "\n".join(agreement.describe(result, tokenizer)))
+    return 0 if result.acceptable else EXIT_DIVERGE
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -466,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tolerance", type=positive_tolerance, default=DEFAULT_TOLERANCE,
                    help="relative tolerance on features, logits and slots, a finite number > 0 "
                         f"(default {DEFAULT_TOLERANCE:g}: fp32 backends)")
+    v.add_argument("--agreement", action="store_true",
+                   help="judge a quantized or fp16 candidate by its decisions over the files: both decode "
+                        "free-running; token agreement, the reference's margin at each disagreement, WER against "
+                        "the reference's transcripts; exit 1 when not acceptable (docs/verify.md, section 8)")
     _add_corpus_arguments(v)
     v.set_defaults(run=_verify)
 

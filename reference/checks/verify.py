@@ -112,17 +112,17 @@ class Report:
         d = asdict(self)
         if not all_stages:
             d.pop("stages")
-        return _json_safe(d)
+        return json_safe(d)
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """NaN and infinities as the strings "nan", "inf", "-inf": JSON has no such numbers (a max |Δ| may be inf)."""
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
