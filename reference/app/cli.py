@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 
-from ..checks.verify import DEFAULT_TOLERANCE, describe, positive_tolerance
+from ..checks.compare import DEFAULT_TOLERANCE, positive_tolerance  # (verify itself: imported to verify)
 from ..errors import InputError
 
 EXIT_DIVERGE = 1
@@ -253,7 +253,7 @@ def _verify_corpus(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ..audio import open_audio
     from ..checks.candidates import resolve_candidate
-    from ..checks.verify import Tolerance, summary_table, time_line, verify
+    from ..checks.verify import Tolerance, describe, summary_table, time_line, verify
     from ..model import NumpyModel
     from ..tokenizer import Tokenizer
     from ..weights import load_checkpoint

@@ -3,9 +3,24 @@ differences, the first non-finite value. Every number `verify` reports about an 
 
 from __future__ import annotations
 
+import argparse
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+DEFAULT_TOLERANCE = 1e-3  # relative, on features, logits and slots: see verify.Tolerance
+
+
+def positive_tolerance(text: str) -> float:
+    """The type of --tolerance options: a finite number > 0 (nan and inf would switch every check off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
 
 # Beyond this fraction of its scale a difference is not rounding, even at fp16: the values are wrong. (An fp32
 # backend differs by ~1e-5, tanh-GELU by ~5e-3, fp16 activations by <2e-2; a wrong operation by O(0.1..1).)

@@ -17,7 +17,6 @@ under the tie rule) is the divergence. Then:
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Sequence
@@ -36,23 +35,11 @@ from ..weights import Checkpoint
 from . import impact, signatures
 from . import localise as loc
 from .causes import error_text
-from .compare import Compared, compare, distance, unreadable
+from .compare import DEFAULT_TOLERANCE, Compared, compare, distance, positive_tolerance, unreadable  # noqa: F401
 from .diagnose import Diagnosis, diagnose
 
 __all__ = ["DEFAULT_TOLERANCE", "Report", "Stage", "Tolerance", "describe", "distance", "time_line", "verify"]
 
-DEFAULT_TOLERANCE = 1e-3  # relative, on features, logits and slots: see Tolerance
-
-
-def positive_tolerance(text: str) -> float:
-    """The type of --tolerance options: a finite number > 0 (nan and inf would switch every check off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
-    return value
 
 
 @dataclass(frozen=True)
