@@ -3,8 +3,9 @@
 
 The small folders use random weights of tiny dims but tiny.en's vocabulary (so the real tokenizer and the
 state machine's filters apply): each compiles in ~2 s per library. One test runs the CLI on a real
-tiny.en seed-style folder: ~15 s to compile and ~25 s to verify one short clip, most of it TVM's
-unscheduled encoder kernels (~20 s per 30 s window); it is the case the project exists for.
+tiny.en seed-style folder, the case the project exists for: ~30 s to export, compile (scheduled,
+backends/tvm/schedule_rules.py) and verify one short clip. tests/test_onnx.py runs such folders of the fp32
+and the fp16 exports on two clips.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def test_libraries_of_other_dims_are_refused_naming_file_and_tensor(libs: Path) 
         other._run(layout.ENCODER, {"input_features": wrong}, ["last_hidden_state"])
 
 
-@pytest.mark.slow  # compiles tiny.en three times and runs its unscheduled encoder
+@pytest.mark.slow  # compiles tiny.en's three graphs (~15 s) and verifies a clip in a child process
 def test_cli_verify_on_a_real_tiny_en_seed_style_folder(tiny_en, tmp_path: Path) -> None:
     # The seed's case: tiny.en's three Optimum models, each compiled the plain way to a .so, no .onnx.
     tvm_libs.compile_seed_style_folder(tiny_en.checkpoint, tmp_path)

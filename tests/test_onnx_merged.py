@@ -322,3 +322,33 @@ def test_tiny_en_merged_folder_agrees_with_the_reference(tiny_en, tmp_path_facto
     for mel in mels:
         got, want = (no_speech_prob(b, tiny_en.tokenizer, mel) for b in (backend, tiny_en.backend))
         assert abs(got - want) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# TVM: the merged file is not compiled (docs/schedules.md, "The merged decoder")
+
+
+def test_tvm_engines_refuse_a_merged_only_folder_naming_the_file(small_merged: Path, tmp_path: Path) -> None:
+    # tvm-onnx and compile-onnx take the two separate decoders; a folder with only the merged one is refused
+    # before anything is compiled, saying which file this engine does not run.
+    pytest.importorskip("tvm")
+    from whisperkv.backends.onnx.tvm_libs import compile_onnx_folder
+    from whisperkv.backends.onnx.tvm_onnx import TVMOnnxBackend
+
+    for run in (lambda: TVMOnnxBackend(small_checkpoint(SMALL), onnx_dir=small_merged, library_dir=tmp_path),
+                lambda: compile_onnx_folder(small_merged, tmp_path / "libs", SMALL)):
+        with pytest.raises(OnnxFolderError, match=r"decoder_model\.onnx: missing .*this engine does not run "
+                                                  r"decoder_model_merged\.onnx"):
+            run()
+
+
+def test_tvm_importer_still_cannot_import_the_merged_decoder() -> None:
+    # TVM 0.27's from_onnx fails inside the If's branches (docs/schedules.md quotes why). This test is the
+    # reminder: when an upgraded TVM imports the merged file, it fails here, and the merged decoder can be
+    # compiled as one library (only the taken branch runs) instead of being refused.
+    pytest.importorskip("tvm")
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = build_models(small_checkpoint(SMALL), merged=True)[layout.MERGED]
+    with pytest.raises(Exception, match=r"requires argument 0 \(x1\) to be a tensor"):  # noqa: PT011 - TVM's error
+        from_onnx(model, keep_params_in_input=True)

@@ -257,7 +257,8 @@ def test_wide_gemv_is_parallel_over_column_chunks() -> None:
 
 
 def test_float16_products_are_summed_in_float32() -> None:
-    # an fp16 export's matmuls: float32 sums, one rounding to float16 at the end (accumulate_in_float32)
+    # a float16 matmul returned as float16: float32 sums, one rounding to float16 at the end (compute_in_float32
+    # keeps the function's output dtype)
     k = 1536  # tiny.en's MLP: float16 sums over 1536 products drift by many float16 ulps
     x, w = _tensor((1, 30, k), "x", "float16"), _tensor((k, 40), "w", "float16")
     mod, vm = build([x, w], lambda bb, x, w: relax.op.matmul(x, w))
@@ -268,6 +269,60 @@ def test_float16_products_are_summed_in_float32() -> None:
     # one float16 rounding of the exact sum: half an ulp, 2^-11 relative (the float32 sum's own error is
     # ~sqrt(k) x 6e-8 relative, negligible)
     assert np.all(np.abs(got - want) <= 2.0**-11 * np.abs(want) + 1e-3)
+
+
+def fp16_mlp_block(bb, x, w1, b1, w2, b2):
+    """An fp16 export's MLP with its residual, as from_onnx imports it: float32 in, Cast to float16, MatMul +
+    Add, GELU (Mul by float16 constants, Erf), MatMul + Add, the residual Add, Cast back to float32."""
+    f16 = "float16"
+    h = relax.op.astype(x, f16)
+    y = relax.op.add(relax.op.matmul(h, w1), b1)
+    e = relax.op.erf(relax.op.multiply(y, relax.const(1 / math.sqrt(2), f16)))
+    g = relax.op.multiply(relax.op.multiply(y, relax.const(0.5, f16)), relax.op.add(e, relax.const(1.0, f16)))
+    return relax.op.astype(relax.op.add(h, relax.op.add(relax.op.matmul(g, w2), b2)), F32)
+
+
+@SETTINGS
+@given(rows=st.integers(1, 40), d=st.integers(2, 40), hidden=st.integers(2, 96), seed=st.integers(0, 2**31 - 1))
+def test_float16_graph_computes_in_float32_with_float16_weights(rows: int, d: int, hidden: int, seed: int) -> None:
+    # compute_in_float32 (prepare's first pass): every op of an fp16 graph runs in float32, the weights are
+    # read as float16 inside the gemm kernels (no widened copy of them), the output keeps its dtype.
+    x = _tensor((rows, d), "x")
+    w1, b1 = _tensor((d, hidden), "w1", "float16"), _tensor((hidden,), "b1", "float16")
+    w2, b2 = _tensor((hidden, d), "w2", "float16"), _tensor((d,), "b2", "float16")
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, w1, b1, w2, b2]):
+        with bb.dataflow():
+            out = bb.emit_output(fp16_mlp_block(bb, x, w1, b1, w2, b2))
+        bb.emit_func_output(out)
+    wide = sr.compute_in_float32(bb.get())
+    computed = []
+
+    @relax.expr_functor.visitor
+    class Calls(relax.PyExprVisitor):
+        def visit_call_(self, call) -> None:
+            super().visit_call_(call)
+            computed.append((call.op.name, str(call.ty.dtype), [str(a.ty.dtype) for a in call.args]))
+
+    Calls().visit_expr(wide["main"])
+    # float16 only where a weight is read: the matmuls' second operands and the biases' casts
+    assert all(dtype == F32 for _, dtype, _ in computed), computed
+    assert sorted(set(o for o, _, a in computed if "float16" in a)) == ["relax.astype", "relax.matmul"]
+    assert wide["main"].ret_ty.dtype == F32
+    mod = sr.schedule_for_cpu(sr.prepare(wide), TARGET)
+    gemms = scheduled(mod, "gemm")
+    assert len(gemms) == 2 and all('"float16"' in code for code in gemms)  # each reads its float16 weight
+    vm = relax.VirtualMachine(tvm.compile(mod, TARGET), tvm.cpu())
+    xs, w1s, b1s, w2s, b2s = rng_arrays(seed, (rows, d), (d, hidden), (hidden,), (hidden, d), (d,))
+    w1s, b1s, w2s, b2s = (a.astype("float16") for a in (w1s, b1s, w2s, b2s))
+    got = run(vm, xs, w1s, b1s, w2s, b2s)
+    # the float32 computation of the same graph: x itself (its Cast to float16 is dropped), the weights and
+    # constants as stored (1/sqrt 2 in float16, widened exactly); float16 arithmetic would be ~1e-3 of the
+    # scale off (an 11-bit significand), far past close()'s 2e-5
+    h = xs.astype(np.float64)
+    y = h @ w1s + b1s
+    g = 0.5 * y * (1.0 + np.vectorize(math.erf)(y * float(np.float16(1 / math.sqrt(2)))))
+    close(got, h + g @ w2s + b2s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,6 +410,33 @@ def test_attention_decode_step_with_symbolic_batch() -> None:
     for rows in (1, 2):
         qs, ks, vs = rng_arrays(rows, (rows, 6, 1, 64), (rows, 6, 1500, 64), (rows, 6, 1500, 64))
         close(run(vm, qs, ks, vs), attention_numpy(qs, ks, vs))
+
+
+@SETTINGS
+@given(queries=st.integers(2, 40), d=st.integers(2, 24), seed=st.integers(0, 2**31 - 1))  # (1 key: no product)
+def test_float16_attention_with_embedded_weights(queries: int, d: int, seed: int) -> None:
+    # an fp16 export's self-attention with its weights as constants (the seed's libraries): Cast to float16,
+    # projections, scores Cast to float32 for the Softmax and back. compute_in_float32 drops the casts of
+    # activations; the alias that leaves (`lv = x`) made fuse_attention's pattern fusion fail with a cyclic
+    # dependency until the pass canonicalised its bindings. The attention is then grouped and scheduled.
+    f16 = "float16"
+    wq, wk, wv = (a.astype(f16) for a in rng_arrays(seed, (d, d), (d, d), (d, d)))
+    x = _tensor((1, queries, d), "x")
+
+    def body(bb, x):
+        h = relax.op.astype(x, f16)
+        q, k, v = (relax.op.reshape(relax.op.matmul(h, relax.const(w)), (1, 1, queries, d)) for w in (wq, wk, wv))
+        s = relax.op.astype(relax.op.matmul(q, relax.op.permute_dims(k, [0, 1, 3, 2])), F32)
+        p = relax.op.astype(relax.op.nn.softmax(s, axis=-1), f16)
+        return relax.op.astype(relax.op.matmul(p, v), F32)
+
+    mod, vm = build([x], body)
+    assert_rule(mod, "attention")
+    (xs,) = rng_arrays(seed + 1, (1, queries, d))
+    xs *= 0.3  # scores of O(1): a softmax neither flat nor one-hot
+    q, k, v = (xs.astype(np.float64) @ w for w in (wq, wk, wv))
+    # float32 throughout with the float16 weights widened exactly: close()'s float32 bound holds
+    close(run(vm, xs)[:, 0], attention_numpy(q[:, None], k[:, None], v[:, None])[:, 0])
 
 
 @pytest.mark.slow  # tiny.en's encoder attention at full size

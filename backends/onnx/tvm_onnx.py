@@ -9,8 +9,11 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
   time: a library depends on the graph, not the weights, and its cache key hashes the graph without
   the initializer values (plus the schedules' source, target and TVM version). What the graph computes
   from the weights alone (the tied embedding's transpose for the logits: 80 MB for tiny.en, 88 ms of a
-  100 ms decode step by `profile_calls`, the VM's instrumentation; the casts of an fp16 export; bias
-  reshapes) is lifted by LiftTransformParams into `main_transform_params`, run once at load;
+  100 ms decode step by `profile_calls`, the VM's instrumentation; bias reshapes; an fp16 export's casts of
+  its biases and gains) is lifted by LiftTransformParams into `main_transform_params`, run once at load;
+- an fp16 export is computed in float32 (`schedule_rules.compute_in_float32`, before the lift): its matmul
+  weights stay float16 in memory and are widened inside the kernels, everything else computes in float32
+  (TVM's float16 arithmetic put tiny.en's encoder 0.108 of its scale from the float32 model);
 - the graph inputs are specialised before import: the encoder length fixed to n_audio_ctx (Optimum names
   that axis "encoder_sequence_length / 2", which TVM parses as an expression it cannot compute from any
   input), and the encoder's batch fixed to 1 (`encode` takes one window). The decoders keep batch_size
@@ -62,7 +65,8 @@ from .folder import OnnxFolderError, PartBinding, check_part, find_files, signat
 from .protocol import OptimumBackend  # noqa: E402
 
 # bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic;
-# 3: scheduled by backends/tvm/schedule_rules.py, weight transforms lifted into main_transform_params)
+# 3: scheduled by backends/tvm/schedule_rules.py, weight transforms lifted into main_transform_params;
+# fp16 graphs computed in float32 since: the cache key hashes schedule_rules.py, so no bump was needed)
 LIBRARY_FORMAT = 3
 TRANSFORM_PARAMS = "main_transform_params"  # run once at load: what the graph computes from weights alone
 
@@ -96,9 +100,10 @@ def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
 def import_graph(model: onnx.ModelProto, keep_params: bool = True) -> tvm.IRModule:
     """from_onnx, then the passes every library gets before scheduling. keep_params: the weights are
     parameters (the first `num_input` of main's are the graph inputs) and whatever the graph computes from
-    them alone (the tied embedding's transpose, fp16 -> fp32 casts, bias reshapes) is lifted into
-    `main_transform_params`, run once at load instead of on every call; otherwise they are constants and
-    FoldConstant computes those transforms at build time."""
+    them alone (the tied embedding's transpose, fp16 -> fp32 casts of biases and gains, bias reshapes) is
+    lifted into `main_transform_params`, run once at load instead of on every call; otherwise they are
+    constants and FoldConstant computes those transforms at build time. Float16 computation becomes float32
+    first (schedule_rules.compute_in_float32), so that the casts it adds to weights are lifted too."""
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -108,6 +113,10 @@ def import_graph(model: onnx.ModelProto, keep_params: bool = True) -> tvm.IRModu
     if keep_params:
         mod, _ = detach_params(mod)  # the weights are passed at run time
     mod = relax.transform.DecomposeOpsForInference()(mod)
+    # float32 compute for an fp16 export before the lift: the casts of small weights (biases, gains) that
+    # meet float32 activations are then lifted and run once at load; the matmul weights stay float16 and
+    # are widened inside the kernels (schedule_rules.compute_in_float32)
+    mod = schedule_rules.compute_in_float32(mod)
     if keep_params:
         mod = relax.transform.LiftTransformParams()(mod)
     return mod
@@ -229,6 +238,16 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
             print(f"whisperkv: compiling {source.name} with TVM ...", file=sys.stderr, flush=True)
         with workspace(library.parent) as ws:
             self.compile_seconds[part] = compile_graph(model, library, self.target, ws)
+
+    def compile_copy(self, part: str, model: onnx.ModelProto) -> tuple[relax.VirtualMachine, list[Any]]:
+        """A copy of one part's graph (verify's probe adds graph outputs to it: reference/checks/onnx_probe.py)
+        compiled as this backend compiles its own, in memory -> (its VM, its weights transformed once)."""
+        specialize(model, self.dims, batch=1 if part == layout.ENCODER else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # from_onnx's "Renaming name a.b to a_b"
+            executable = tvm.compile(scheduled_module(model, self.target), self.target)
+        vm = relax.VirtualMachine(executable, self.device)
+        return vm, list(vm[TRANSFORM_PARAMS](weights_of(model, self.device)))
 
     def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[Any]:
         # main's parameters: the graph inputs in file order, then the weights; outputs in file order.

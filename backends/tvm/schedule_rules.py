@@ -5,7 +5,7 @@ only, meta_schedule crashes in this wheel, and the default lowering runs a matmu
 (~1.7 GFLOP/s). This module recognises the PrimFuncs that matter after `LegalizeOps` + `FuseOps` +
 `FuseTIR` and schedules them the way the native backend's hand-written kernels are (kernels.py):
 
-    mod = schedule_rules.prepare(mod)                    # (wide fp16 sums, attentions grouped,) legalize, fuse
+    mod = schedule_rules.prepare(mod)                    # (fp16 computed in fp32, attentions grouped,) legalize, fuse
     mod = schedule_rules.schedule_for_cpu(mod, target)   # or on your own relax.get_pipeline("zero")(mod)
     ex = tvm.compile(mod, target)                        # the default Relax pipeline does not fuse again
 
@@ -903,46 +903,158 @@ def rule_of(func: tirx.PrimFunc) -> str:
     return str(func.attrs.get(RULE_ATTR, "")) if func.attrs is not None else ""
 
 
-def accumulate_in_float32(mod: tvm.IRModule) -> tvm.IRModule:
-    """Every float16 matmul and conv1d of a Relax module (before legalization) computed with float32
-    products and sums, then rounded to float16 once: `astype(matmul(a, b, out_dtype="float32"), "float16")`.
+F16 = "float16"
 
-    TVM legalizes a float16 matmul to float16 sums, rounded at every step: tiny.en's fp16 encoder then ends
-    up 0.4 to 1.2 of its output's scale away from the float32 model (onnxruntime, which sums in float32 as
-    ONNX leaves it free to, stays within 0.02). x86 has no float16 arithmetic either, so every float16
-    operation is a convert, an operation and a convert back: the wide sums are also several times faster."""
+# Ops that move or select elements without computing with them: a float16 tensor (a weight: the token
+# embedding gathered by `take`, transposed for the tied logits, sliced for the positions) goes through them
+# as float16 and is widened where it meets arithmetic, so a weight is never stored widened. Every other op
+# computes and gets float32 operands.
+MOVES = frozenset(f"relax.{name}" for name in (
+    "reshape", "permute_dims", "take", "strided_slice", "dynamic_strided_slice", "concat", "split",
+    "broadcast_to", "expand_dims", "squeeze", "flatten", "tile", "repeat", "flip", "gather_elements",
+    "gather_nd", "where", "triu", "tril", "shape_of", "layout_transform"))
+# Products whose float16 operands are widened inside the kernel (`out_dtype`: TVM's legalization casts each
+# operand as it is read, exact): a float16 weight stays float16 in memory, read at half the bytes.
+PRODUCTS = frozenset({"relax.matmul", "relax.nn.conv1d"})
+
+
+def _dtype(expr: relax.Expr) -> str:
+    return str(getattr(expr.ty, "dtype", ""))
+
+
+def _widened(expr: relax.Expr) -> relax.Expr:
+    """A float16 operand as float32: a constant converted here (exact), anything else through a cast, which
+    FoldConstant (weights embedded) or LiftTransformParams (weights as parameters) runs once, not per call,
+    when it reads weights only."""
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return relax.const(expr.value.numpy().astype("float32"), F32)
+    return relax.op.astype(expr, F32)
+
+
+def compute_in_float32(mod: tvm.IRModule) -> tvm.IRModule:
+    """Every float16 computation of a Relax module (before legalization) done in float32: fp16 is a storage
+    format only. The project's rule (float32 compute, float16 weights widened as they are read) for graphs
+    that compute in float16, such as an fp16 ONNX export (MatMul, Add, GELU in float16 between float32
+    islands of LayerNormalization and Softmax):
+
+    - `astype(x, "float16")` of a float32 value is dropped (the value stays float32), `astype(x, "float32")`
+      of one that is float32 now too;
+    - matmul and conv1d get `out_dtype="float32"`; their float16 operands (the weights) are widened inside
+      the kernel, so a weight is read as float16 and never stored widened;
+    - ops that only move elements (MOVES: reshape, transpose, take, slices, concat) keep the dtype they are
+      given (the embedding's gather reads float16 rows), widening float16 inputs only when mixed with
+      float32 ones;
+    - every other op (add, multiply, erf, softmax, layer norm, ...) gets float32 operands: float16 constants
+      are converted (exactly), other float16 values cast; a result still float16 (an op whose dtype is an
+      attribute) is cast too;
+    - each function returns the dtypes it returned before (a float16 output is rounded once, at the end).
+
+    Why: TVM computes a float16 graph in float16: sums rounded at every product (tiny.en's fp16 encoder
+    0.4-1.2 of its output's scale from the float32 model), GELU's erf and the residual adds in float16
+    (0.108 of the scale on the speechbrain clip with float32 sums alone). In float32 the fp16 export of
+    tiny.en (whose weights are float16 anyway) computes what the float32 model does. x86 has no float16
+    arithmetic (every float16 op is convert, op, convert back), so it is faster too."""
     from tvm.relax import PyExprMutator, expr_functor
+
+    def wide(args: list[relax.Expr], only_if_mixed: bool) -> list[relax.Expr]:
+        dtypes = {_dtype(a) for a in args}
+        if only_if_mixed and not (F16 in dtypes and F32 in dtypes):
+            return args
+        return [_widened(a) if _dtype(a) == F16 else a for a in args]
+
+    def as_before(new: relax.Expr, old_ty: relax.Type) -> relax.Expr:
+        """`new` with the float dtypes of `old_ty` (a tensor or a tuple expression of them)."""
+        if isinstance(new, relax.Tuple) and isinstance(old_ty, relax.TupleType):
+            return relax.Tuple([as_before(f, t) for f, t in zip(new.fields, old_ty.fields, strict=True)])
+        want = str(getattr(old_ty, "dtype", ""))
+        return relax.op.astype(new, want) if want in (F16, F32) and _dtype(new) not in ("", want) else new
 
     @expr_functor.mutator
     class Widen(PyExprMutator):
         def visit_call_(self, call: relax.Call) -> relax.Expr:
-            call = super().visit_call_(call)
-            op = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
-            if op not in ("relax.matmul", "relax.nn.conv1d") or getattr(call.ty, "dtype", "") != "float16":
-                return call
-            if op == "relax.matmul":
-                wide = relax.op.matmul(call.args[0], call.args[1], out_dtype=F32)
-            else:
+            # the operands first, then the call rebuilt here: the default would rebuild it with operands
+            # that may now differ in dtype (float32 activations, float16 weights), which Relax refuses
+            args = [self.visit_expr(a) for a in call.args]
+            if not isinstance(call.op, tvm.ir.Op) or call.op.name.startswith("relax.call_"):
+                # a call of a function or kernel (call_tir, packed): its parameters keep their dtypes, so
+                # its operands get back the dtypes they had; its result keeps its own
+                args = [as_before(a, old.ty) for a, old in zip(args, call.args, strict=True)]
+                return self.builder_.normalize(relax.Call(self.visit_expr(call.op), args, call.attrs, call.ty_args))
+            op = call.op.name
+            if op == "relax.astype":
+                x, to = args[0], str(call.attrs.dtype)
+                if to in (F16, F32) and _dtype(x) == F32:
+                    return x  # a narrowing (or now redundant) cast of a float32 value
+                return self.builder_.normalize(relax.op.astype(x, to))
+            if op in PRODUCTS:
+                if F16 not in {_dtype(a) for a in args} and _dtype(call) != F16:
+                    return self.builder_.normalize(relax.Call(call.op, args, call.attrs, call.ty_args))
+                if op == "relax.matmul":
+                    return relax.op.matmul(args[0], args[1], out_dtype=F32)
                 a = call.attrs
-                wide = relax.op.nn.conv1d(call.args[0], call.args[1], strides=a.strides, padding=a.padding,
+                return relax.op.nn.conv1d(args[0], args[1], strides=a.strides, padding=a.padding,
                                           dilation=a.dilation, groups=a.groups, data_layout=a.data_layout,
                                           kernel_layout=a.kernel_layout, out_layout=a.out_layout, out_dtype=F32)
-            return relax.op.astype(wide, "float16")
+            if op in MOVES:
+                if len(args) == 1 and isinstance(args[0], relax.Tuple):  # concat / split take a tuple
+                    fields = wide(list(args[0].fields), only_if_mixed=True)
+                    new = [relax.Tuple(fields)]
+                else:
+                    new = wide(args, only_if_mixed=True)
+            else:
+                new = wide(args, only_if_mixed=False)
+            call = self.builder_.normalize(relax.Call(call.op, new, call.attrs, call.ty_args))
+            if op not in MOVES and _dtype(call) == F16:
+                return relax.op.astype(call, F32)
+            return call
 
     widen = Widen(mod)
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            widen.builder_.update_func(gv, widen.visit_expr(func))
-    return widen.builder_.get()
+            widen.builder_.update_func(gv, _returning(widen.visit_expr(func), func.ret_ty, widen.builder_))
+    # a dropped cast leaves `lv = x`: FuseOpsByPattern then sees a cycle through the alias (fuse_attention
+    # fails on an fp16 graph with embedded weights), so aliases are replaced by what they name
+    return relax.transform.CanonicalizeBindings()(widen.builder_.get())
 
 
-def prepare(mod: tvm.IRModule, attention: bool = True, wide_sums: bool = True) -> tvm.IRModule:
+def _returning(func: relax.Function, ty: relax.Type, bb: relax.BlockBuilder) -> relax.Function:
+    """`func` returning the dtypes of `ty` (its return type before compute_in_float32): each tensor output
+    whose dtype changed is cast back in one more binding block, so callers see the interface they had."""
+    body: relax.SeqExpr = func.body
+    bindings: list[relax.Binding] = []
+
+    def bind(value: relax.Expr) -> relax.Var:
+        value = bb.normalize(value)
+        var = relax.Var(f"out{len(bindings)}", value.ty)
+        bindings.append(relax.VarBinding(var, value))
+        return var
+
+    def differs(got: relax.Type, want: relax.Type) -> bool:
+        if isinstance(want, relax.TupleType):
+            return any(differs(g, w) for g, w in zip(got.fields, want.fields, strict=True))
+        return str(getattr(got, "dtype", "")) != str(getattr(want, "dtype", ""))
+
+    def cast(expr: relax.Expr, want: relax.Type) -> relax.Expr:
+        if not differs(expr.ty, want):
+            return expr
+        if isinstance(want, relax.TupleType):
+            return relax.Tuple([cast(bind(relax.TupleGetItem(expr, i)), t) for i, t in enumerate(want.fields)])
+        return bind(relax.op.astype(expr, str(want.dtype)))
+
+    out = cast(body.body, ty)
+    if not bindings:
+        return func
+    return relax.Function(func.params, relax.SeqExpr([*body.blocks, relax.BindingBlock(bindings)], bb.normalize(out)),
+                          ty, func.is_pure, func.attrs)
+
+
+def prepare(mod: tvm.IRModule, attention: bool = True, fp32_compute: bool = True) -> tvm.IRModule:
     """Legalize and fuse a Relax module: the "zero" pipeline's passes, without its tuning database, after
-    float16 products are given float32 sums (`accumulate_in_float32`; wide_sums=False keeps TVM's float16
-    sums) and each attention is grouped into one function (`fuse_attention`; attention=False leaves them
-    apart)."""
-    if wide_sums:
-        mod = accumulate_in_float32(mod)
+    float16 computation is made float32 with float16 weights widened in the kernels (`compute_in_float32`;
+    fp32_compute=False keeps the graph's float16 arithmetic) and each attention is grouped into one function
+    (`fuse_attention`; attention=False leaves them apart)."""
+    if fp32_compute:
+        mod = compute_in_float32(mod)
     if attention:
         mod = fuse_attention(mod)
     return tvm.transform.Sequential([

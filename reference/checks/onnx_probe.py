@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ def probe_for(backend: Any) -> GraphProbe | None:
         return OrtProbe(backend)
     vms = getattr(backend, "vms", None)
     if isinstance(vms, dict) and set(vms) == set(bindings) and all(
-            hasattr(backend, a) for a in ("inputs", "params", "target", "device")):
+            hasattr(backend, a) for a in ("inputs", "compile_copy")):
         return TvmOnnxProbe(backend)
     return None
 
@@ -280,17 +279,8 @@ class _Library:
     """The copy compiled as backends/onnx/tvm_onnx.py compiles the candidate's graph."""
 
     def __init__(self, backend: Any, part: str, model: Any, named: dict[str, str], n_outputs: int) -> None:
-        import tvm
-        from tvm import relax
-
-        from whisperkv.backends.onnx import layout, tvm_onnx
-
-        tvm_onnx.specialize(model, backend.dims, batch=1 if part == layout.ENCODER else None)  # as the backend
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # from_onnx's "Renaming name a.b to a_b"
-            executable = tvm.compile(tvm_onnx.scheduled_module(model, backend.target), backend.target)
-        self.vm = relax.VirtualMachine(executable, backend.device)
-        self.params = list(self.vm[tvm_onnx.TRANSFORM_PARAMS](tvm_onnx.weights_of(model, backend.device)))
+        # The backend compiles it (checks never import a backend): its VM and its weights, transformed once.
+        self.vm, self.params = backend.compile_copy(part, model)
         exposed = [o.name for o in model.graph.output]
         self.named = {ref: exposed.index(t) for ref, t in named.items()}  # reference name -> output index
         self.n_outputs = n_outputs
