@@ -2,8 +2,9 @@
 
     python benchmarks/bench_kernels.py [--repeat 5] [--rows 1]
 
-- Ceilings: float32 matmul (numpy's BLAS, 2048^2, all its threads) in GFLOP/s, and memory reads (numpy sums
-  over 256 MB, one slice per thread, as many threads as the backend) in GB/s.
+- Ceilings: float32 matmul (numpy's BLAS, 2048^2, all its threads, measured before the backend sets BLAS to
+  one thread) in GFLOP/s, and memory reads (BLAS dot products over 256 MB, one slice per thread, as many
+  threads as the backend) in GB/s.
 - Encoder (one 30 s window): each kernel's median time, its FLOP count from its shape (the kernels' names
   carry their shapes: model.py) and GFLOP/s, and the window's total.
 - Decode step (`--rows` rows, past length 100, the bundled tiny.en's real weights): each kernel's median time
@@ -51,7 +52,9 @@ def read_ceiling(threads: int, repeat: int = 5) -> float:
     parts = np.array_split(x, threads)
 
     def run() -> float:
-        ws = [threading.Thread(target=np.add.reduce, args=(p,)) for p in parts]  # numpy releases the GIL
+        # BLAS sdot streams at the memory's pace (numpy's own sum is bound by its pairwise adds); numpy
+        # releases the GIL
+        ws = [threading.Thread(target=np.dot, args=(p, p)) for p in parts]
         t = time.perf_counter()
         for w in ws:
             w.start()
@@ -126,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     from whisperkv.backends.tvm import TVMBackend, threads
     from whisperkv.reference.weights import load_checkpoint
 
-    backend = TVMBackend(load_checkpoint())
+    n_threads = threads.n_threads()
+    ceilings = (f"ceilings: matmul {matmul_ceiling():.0f} GFLOP/s (numpy BLAS), "
+                f"memory reads {read_ceiling(n_threads):.1f} GB/s")
+    backend = TVMBackend(load_checkpoint())  # (sets BLAS to one thread: measured before)
     import tvm
     from tvm import relax
 
-    n_threads = threads.n_threads()
     print(f"machine: {cpu_name()}, {n_threads} threads; library {backend.library_path.name}")
-    print(f"ceilings: matmul {matmul_ceiling():.0f} GFLOP/s (numpy BLAS), "
-          f"memory reads {read_ceiling(n_threads):.1f} GB/s")
+    print(ceilings)
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(backend.library_path)), tvm.cpu())
     d = backend.dims
     mel = tvm.runtime.tensor(np.random.default_rng(0).standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32))
