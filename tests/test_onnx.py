@@ -501,6 +501,92 @@ def test_tvm_rows_are_gathered_exactly(tvm_onnx, shapes, data) -> None:
     assert got.shape == want.shape and np.array_equal(got, want)
 
 
+# fp16-exact narrowing (tvm_onnx.narrow_exact): a float32 export's matmul weights that float16 holds exactly
+# are stored as float16 for TVM, so that the products read half the bytes with the same numbers.
+
+
+def on_the_float16_grid(checkpoint: Checkpoint) -> Checkpoint:
+    """The checkpoint with every float32 weight rounded to float16 and stored float32 (as tiny.en's export)."""
+    weights = {k: w.astype(np.float16).astype(np.float32) if w.dtype == np.float32 else w
+               for k, w in checkpoint.weights.items()}
+    return Checkpoint(checkpoint.dims, weights, checkpoint.path, "float16", "random")
+
+
+def test_float16_exactly_takes_every_float16_and_nothing_else(tvm_onnx) -> None:
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]  # normals, subnormals and both zeros
+    got = tvm_onnx.float16_exactly(finite.astype(np.float32))
+    assert got is not None and got.dtype == np.float16 and np.array_equal(got.view(np.uint16), finite.view(np.uint16))
+    # one float32 ulp away from each nonzero float16 value (both directions): float16 holds none of them
+    wide = finite[finite != 0].astype(np.float32)
+    for step in (np.float32(np.inf), np.float32(-np.inf)):
+        for x in np.nextafter(wide, step)[::97]:  # every 97th: the per-weight decision, ~650 calls
+            assert tvm_onnx.float16_exactly(np.array([1.0, x], np.float32)) is None, x
+    for x in (np.inf, -np.inf, np.nan, 65520.0, 2.0**-25, 3 * 2.0**-26):
+        assert tvm_onnx.float16_exactly(np.array([0.5, x], np.float32)) is None, x
+
+
+def test_narrow_exact_takes_the_matmul_weights_float16_holds_and_only_those(tvm_onnx) -> None:
+    ck = on_the_float16_grid(small_checkpoint(SMALL, seed=21))
+    model = build_models(ck)[layout.DECODER]
+    narrowed = tvm_onnx.narrow_exact(model)
+    onnx.checker.check_model(model)  # still a valid graph: MatMuls in float16 between Casts, like the fp16 export's
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert narrowed and all(types[n] == onnx.TensorProto.FLOAT16 for n in narrowed)
+    assert "decoder.token_embedding.weight" in narrowed  # the logits' weight, read through a Transpose
+    assert not [n for n in narrowed if "bias" in n or "ln" in n]  # read by Add and LayerNormalization only
+    # one value float16 cannot hold: that weight stays float32 (all of it), the others are narrowed as before
+    name = next(n for n in narrowed if n.startswith("decoder.blocks.0.mlp.0.weight"))
+    weights = dict(ck.weights)
+    weights["decoder.blocks.0.mlp.0.weight"] = weights["decoder.blocks.0.mlp.0.weight"].copy()
+    weights["decoder.blocks.0.mlp.0.weight"][0, 0] += np.float32(2.0**-20)  # below float16's resolution there
+    other = build_models(Checkpoint(SMALL, weights, ck.path, "float32", "random"))[layout.DECODER]
+    assert tvm_onnx.narrow_exact(other) == [n for n in narrowed if n != name]
+    # the library cache key sees which were narrowed: that graph never loads the first one's library
+    target = tvm_onnx.host_target()
+    assert tvm_onnx.graph_key(other, target) != tvm_onnx.graph_key(model, target)
+    # random float32 weights and an fp16 export: nothing to narrow
+    assert tvm_onnx.narrow_exact(build_models(small_checkpoint(SMALL, seed=21))[layout.DECODER]) == []
+    assert tvm_onnx.narrow_exact(build_models(ck, fp16=True)[layout.DECODER]) == []
+
+
+@pytest.mark.slow  # two TVM compiles of each small graph (~15 s)
+@pytest.mark.parametrize("part", layout.PARTS)
+def test_a_narrowed_graph_computes_what_the_float32_one_does(tvm_onnx, part: str) -> None:
+    # The same float32 products of the same values: the weight is widened exactly inside the kernel and no
+    # activation is rounded (compute_in_float32 drops the casts to float16 of float32 values). Measured
+    # bit-equal on AVX2; the bound (1e-6 on O(1) values) allows only a summation order another target's
+    # schedule of a float16 operand could change, and fails on one activation rounded to float16 (~1e-3).
+    import tvm
+    from tvm import relax
+
+    model = build_models(on_the_float16_grid(small_checkpoint(SMALL, seed=22)))[part]
+    tvm_onnx.specialize(model, SMALL, batch=1 if part == layout.ENCODER else None)
+    narrow = onnx.ModelProto()
+    narrow.CopyFrom(model)
+    assert tvm_onnx.narrow_exact(narrow)
+    target, rng = tvm_onnx.host_target(), np.random.default_rng(22)
+    initializers = {t.name for t in model.graph.initializer}
+    feeds = []
+    for v in model.graph.input:
+        if v.name in initializers:
+            continue
+        shape = [d.dim_value if d.HasField("dim_value") else 3 for d in v.type.tensor_type.shape.dim]
+        if v.name == "input_ids":
+            feeds.append(rng.integers(0, SMALL.n_vocab, shape))
+        else:
+            feeds.append(rng.standard_normal(shape).astype(np.float32))
+    outputs = []
+    for m in (model, narrow):
+        vm = relax.VirtualMachine(tvm.compile(tvm_onnx.scheduled_module(m, target), target), tvm.cpu())
+        params = list(vm[tvm_onnx.TRANSFORM_PARAMS](tvm_onnx.weights_of(m, tvm.cpu())))
+        result = vm["main"](*(tvm.runtime.tensor(f) for f in feeds), *params)
+        outputs.append([r.numpy() for r in ([result] if hasattr(result, "numpy") else result)])
+    assert len(outputs[0]) == len(outputs[1])
+    for want, got in zip(*outputs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def small_tvm(tvm_onnx, tmp_path_factory):
     """A small model's folder in TVM, the variant whose step graph still takes the audio features."""

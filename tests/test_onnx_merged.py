@@ -1,5 +1,6 @@
 """decoder_model_merged.onnx: our export of it (Optimum's merge: one If on use_cache_branch), and onnxruntime
-running a folder that holds it in place of, or beside, the two separate decoders.
+running a folder that holds it in place of, or beside, the two separate decoders; the TVM engines (tvm-onnx,
+compile-onnx) running a merged-only folder as the If's two branches split into the two decoders (split.py).
 
 The merged graph's branches are our two decoder graphs node for node, so the tolerances are those of
 tests/test_onnx.py: float32 onnxruntime against float32 numpy differs by summation order only (~1e-6 on
@@ -325,27 +326,101 @@ def test_tiny_en_merged_folder_agrees_with_the_reference(tiny_en, tmp_path_facto
 
 
 # ----------------------------------------------------------------------------------------------
-# TVM: the merged file is not compiled (docs/schedules.md, "The merged decoder")
+# TVM: the merged file compiled as its two branches (backends/onnx/split.py; docs/schedules.md, "The merged
+# decoder"), since TVM 0.27 cannot import its If
 
 
-def test_tvm_engines_refuse_a_merged_only_folder_naming_the_file(small_merged: Path, tmp_path: Path) -> None:
-    # tvm-onnx and compile-onnx take the two separate decoders; a folder with only the merged one is refused
-    # before anything is compiled, saying which file this engine does not run.
+@pytest.mark.parametrize("mode", ["empty", "pasts"])
+@pytest.mark.parametrize("variant", [{}, {"cache_position": True, "past_encoder_hidden_states": True}],
+                         ids=["optimum-0.1", "cache_position+encoder_hidden_states"])
+def test_the_split_branches_are_the_two_decoders(variant: dict, mode: str) -> None:
+    # Each branch lifted out binds as the separate file (same input and output names, checked by check_part)
+    # and computes what it computes: onnxruntime runs the same nodes on the same weights, so the outputs are
+    # bit-equal (no tolerance). The cached branch's placeholders for the cross presents are dropped, with
+    # the nodes that made them; its encoder_hidden_states input too, since no node of the branch reads it.
+    import onnxruntime as ort
+
+    from whisperkv.backends.onnx.split import split_merged
+
+    models = build_models(small_checkpoint(SMALL, seed=10), **variant)
+    split = split_merged(merge_decoders(models[layout.DECODER], models[layout.DECODER_WITH_PAST], SMALL, mode))
+    rng = np.random.default_rng(10)
+    for part in SEPARATE:
+        model, separate = split[part], models[part]
+        onnx.checker.check_model(model, full_check=True)
+        binding = check_part(part, "split", signature_from_model(model), SMALL)
+        assert [v.name for v in model.graph.output] == [v.name for v in separate.graph.output]
+        assert set(binding.inputs) == {v.name for v in separate.graph.input} - (
+            {"encoder_hidden_states"} if part == layout.DECODER_WITH_PAST else set())
+        assert "use_cache_branch" not in binding.inputs and not any(n.op_type == "If" for n in model.graph.node)
+        n_new, past = (2, 0) if part == layout.DECODER else (1, 3)
+        feeds = {"input_ids": rng.integers(0, SMALL.n_vocab, (2, n_new)),
+                 "encoder_hidden_states": rng.standard_normal((2, SMALL.n_audio_ctx, SMALL.n_text_state)).astype(
+                     np.float32),
+                 "cache_position": np.arange(past, past + n_new)}
+        for s in range(kvslots.n_slots(SMALL.n_text_layer)):
+            feeds[layout.kv_name("past_key_values", s)] = rng.standard_normal(
+                kvslots.slot_shape(SMALL, s, past, batch=2)).astype(np.float32)
+        want = ort.InferenceSession(separate.SerializeToString()).run(
+            None, {k: v for k, v in feeds.items() if k in {v.name for v in separate.graph.input}})
+        got = ort.InferenceSession(model.SerializeToString()).run(None, {k: feeds[k] for k in binding.inputs})
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_that_is_no_merged_decoder_is_refused_by_the_split(small_merged: Path) -> None:
+    from whisperkv.backends.onnx.split import split_merged
+
+    model = onnx.load(str(small_merged / "decoder_model_merged.onnx"))
+    model.graph.node[0].input[0] = "encoder_hidden_states"
+    with pytest.raises(OnnxFolderError, match=r"m\.onnx: not an Optimum merged decoder \(expected one If on the "
+                                              r"graph input use_cache_branch"):
+        split_merged(model, "m.onnx")
+
+
+@pytest.mark.slow  # three small TVM compiles for tvm-onnx, three more for compile-onnx (~2 s each)
+def test_tvm_engines_run_a_merged_only_folder_as_its_two_branches(small_merged: Path, tmp_path: Path) -> None:
+    # tvm-onnx and compile-onnx on a folder with only encoder_model + decoder_model_merged: the two decoders
+    # compiled from the If's branches, run as the separate files are (no flag, no empty pasts), equal to the
+    # numpy reference within SMALL_ATOL (float32 both sides: summation order only, as for the separate files
+    # in tests/test_onnx.py).
     pytest.importorskip("tvm")
-    from whisperkv.backends.onnx.tvm_libs import compile_onnx_folder
+    from whisperkv.backends.onnx.tvm_libs import TVMLibraryFolderBackend, compile_onnx_folder, find_libraries
     from whisperkv.backends.onnx.tvm_onnx import TVMOnnxBackend
 
-    for run in (lambda: TVMOnnxBackend(small_checkpoint(SMALL), onnx_dir=small_merged, library_dir=tmp_path),
-                lambda: compile_onnx_folder(small_merged, tmp_path / "libs", SMALL)):
-        with pytest.raises(OnnxFolderError, match=r"decoder_model\.onnx: missing .*this engine does not run "
-                                                  r"decoder_model_merged\.onnx"):
-            run()
+    checkpoint = small_checkpoint(SMALL)
+    backend = TVMOnnxBackend(checkpoint, onnx_dir=small_merged, library_dir=tmp_path / "cache")
+    assert set(backend.compile_seconds) == set(layout.PARTS) and not backend.merged
+    assert backend.bindings[layout.DECODER].path.name == "decoder_model_merged.onnx"  # errors name the user's file
+    compare_with_reference(backend, NumpyModel(checkpoint), 11, n_start=3, n_steps=4, atol=SMALL_ATOL)
+
+    seconds = compile_onnx_folder(small_merged, tmp_path / "libs", SMALL, batch=None)
+    assert set(seconds) == set(layout.PARTS)
+    assert sorted(p.name for p in find_libraries(tmp_path / "libs").values()) == sorted(
+        layout.file_name(p, suffix=".so") for p in layout.PARTS)
+    compare_with_reference(TVMLibraryFolderBackend(checkpoint, tmp_path / "libs"), NumpyModel(checkpoint), 12,
+                           n_start=2, n_steps=4, atol=SMALL_ATOL)
+
+
+@pytest.mark.slow  # exports tiny.en (~5 s), compiles its three graphs (~15 s) and verifies a 2.8 s clip
+def test_tvm_onnx_runs_a_tiny_en_merged_only_folder_as_the_reference(tiny_en, tmp_path_factory) -> None:
+    pytest.importorskip("tvm")
+    from whisperkv.backends.onnx.tvm_onnx import TVMOnnxBackend
+
+    folder = merged_folder(tiny_en.checkpoint, tmp_path_factory.mktemp("tiny-merged-tvm"))
+    backend = TVMOnnxBackend(tiny_en.checkpoint, onnx_dir=folder, library_dir=tmp_path_factory.mktemp("tvm-lib"))
+    mels = windows(SHORT_CLIP, tiny_en.dims.n_mels)
+    report = verify(tiny_en.backend, backend, tiny_en.tokenizer, tiny_en.checkpoint, mels, audio=SHORT_CLIP)
+    assert_agrees(report)
+    # float32 both sides, the separate files' bound (tests/test_onnx.py's tvm-onnx test: schedules change
+    # summation orders, exp / erf are few-ulp polynomials; ~1e-4 measured)
+    assert_logits_within(report, FP32_LOGIT_ATOL)
 
 
 def test_tvm_importer_still_cannot_import_the_merged_decoder() -> None:
     # TVM 0.27's from_onnx fails inside the If's branches (docs/schedules.md quotes why). This test is the
     # reminder: when an upgraded TVM imports the merged file, it fails here, and the merged decoder can be
-    # compiled as one library (only the taken branch runs) instead of being refused.
+    # compiled as one library (only the taken branch runs) instead of being split into two (split.py).
     pytest.importorskip("tvm")
     from tvm.relax.frontend.onnx import from_onnx
 

@@ -92,8 +92,9 @@ def find_files(folder: str | os.PathLike, fp16: bool | None = None, suffix: str 
 
     fp16=None takes the plain files when any of them is there, else the `_fp16` ones.
 
-    merged=True (an engine that can run `If`: onnxruntime) also accepts decoder_model_merged in place of
-    the two decoders, and then returns {encoder_model, decoder_model_merged}. A folder holding both forms
+    merged=True (an engine that runs `If`, onnxruntime, or that splits the merged file into the two
+    decoders its If holds, the TVM engines: split.py) also accepts decoder_model_merged in place of the two
+    decoders, and then returns {encoder_model, decoder_model_merged}. A folder holding both forms
     (Optimum's default export writes all four files) gives the two separate decoders: they are plain
     graphs, with no dummy inputs to feed and no branch to dispatch, and they are what every engine here
     runs, so such a folder behaves exactly as it did before merged files were accepted.

@@ -61,11 +61,11 @@ from tvm import relax
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
-from . import layout
+from . import layout, split
 from .export import export_onnx
-from .folder import OnnxFolderError, PartBinding, TensorInfo, check_part, find_files, signature_from_model
+from .folder import OnnxFolderError, PartBinding, TensorInfo, find_files
 from .protocol import OptimumBackend
-from .tvm_onnx import TVMTensors, scheduled_module, specialize, write_library
+from .tvm_onnx import TVMTensors, narrow_exact, scheduled_module, specialize, write_library
 
 SUFFIX = ".so"
 
@@ -101,14 +101,18 @@ def compile_onnx_folder(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
     is checked against `dims` first (folder.py: a wrong folder is refused naming the file and the tensor),
     then specialised: the encoder length to n_audio_ctx (Optimum's "encoder_sequence_length / 2" is an
     expression TVM cannot compute from any input), the encoder's batch to 1, the decoders' to `batch`
-    (None: symbolic, libraries that run any number of rows). Returns part -> seconds to compile."""
+    (None: symbolic, libraries that run any number of rows). A folder with decoder_model_merged in place of
+    the two decoders gives decoder_model.so and decoder_with_past_model.so from its If's two branches
+    (split.py). Matmul weights whose values float16 holds exactly (a float32 export of a float16
+    checkpoint: tiny.en's) are embedded as float16 and widened inside the kernels, as tvm-onnx does
+    (tvm_onnx.narrow_exact): half the bytes per decode step, the same sums. Returns part -> seconds to compile."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    for part, path in find_files(onnx_dir, fp16).items():
-        model = onnx.load(str(path))
-        check_part(part, path, signature_from_model(model), dims)
+    seen: dict[str, tuple[bytes, bytes | None]] = {}  # the decoders' shared weights, decided once
+    for part, path, model, _ in split.parts(onnx_dir, dims, fp16):
         model = specialize(model, dims, batch=1 if part == layout.ENCODER else batch)
+        narrow_exact(model, seen)  # weights float16 holds exactly embedded as float16 (tvm_onnx.narrow_exact)
         seconds[part] = compile_embedded(model, out / library_name(part, path.name.endswith("_fp16.onnx")), target)
     return seconds
 

@@ -5,12 +5,17 @@
 
 This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can be checked:
 - inputs are bound by name (protocol.py), never by position, and the folder is checked first (folder.py);
+- a folder whose decoders come as decoder_model_merged alone is compiled as the two decoders its If holds
+  (split.py: TVM 0.27's importer cannot import the If); a folder with both forms uses the separate files;
 - weights are library parameters (`keep_params_in_input=True`), read from the ONNX initializers at load
   time: a library depends on the graph, not the weights, and its cache key hashes the graph without
   the initializer values (plus the schedules' source, target and TVM version). What the graph computes
   from the weights alone (the tied embedding's transpose for the logits: 80 MB for tiny.en, 88 ms of a
   100 ms decode step by `profile_calls`, the VM's instrumentation; bias reshapes; an fp16 export's casts of
   its biases and gains) is lifted by LiftTransformParams into `main_transform_params`, run once at load;
+- a float32 export's matmul weights whose values float16 holds exactly (tiny.en's: its checkpoint is
+  float16) are stored as float16 and widened inside the kernels (`narrow_exact`, before the import): the
+  decode step's logits read 40 MB instead of 80 MB, with the same numbers summed in float32;
 - an fp16 export is computed in float32 (`schedule_rules.compute_in_float32`, before the lift): its matmul
   weights stay float16 in memory and are widened inside the kernels, everything else computes in float32
   (TVM's float16 arithmetic put tiny.en's encoder 0.108 of its scale from the float32 model);
@@ -59,9 +64,9 @@ from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
 from ..cache import cached, workspace  # noqa: E402
-from . import layout  # noqa: E402
+from . import layout, split  # noqa: E402
 from .cache import cache_dir, exported_folder  # noqa: E402
-from .folder import OnnxFolderError, PartBinding, check_part, find_files, signature_from_model  # noqa: E402
+from .folder import PartBinding  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
 
 # bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic;
@@ -84,9 +89,131 @@ def specialize(model: onnx.ModelProto, dims: ModelDims, batch: int | None = 1) -
     return model
 
 
+def float16_exactly(w: np.ndarray) -> np.ndarray | None:
+    """`w` (float32) as float16 if float16 holds every value exactly, else None (infinities and NaN: None).
+    Decided on the bits (numpy's float16 round trip of a whole weight took ~0.5 s for tiny.en's decoder, on
+    every load): a float32 value is a float16 normal when its 13 low mantissa bits are zero and its
+    magnitude within [2^-14, 65504], and ±0 is exact; the few smaller values (float16 subnormals, or no
+    float16 at all) are decided by the round trip, one by one."""
+    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
+    if (bits & 0x1FFF).any():  # more mantissa than float16's 10 bits: the common refusal, in one pass
+        return None
+    magnitude = bits & 0x7FFFFFFF
+    if magnitude.max(initial=0) > 0x477FE000:  # 65504, float16's largest (infinities and NaN above it)
+        return None
+    # nonzero magnitudes below 2^-14 (a zero wraps to the largest): float16 subnormals or none, a few values
+    # of a trained matrix, decided by the round trip
+    small = bits[(magnitude - np.uint32(1)) < 0x38800000 - 1].view(np.float32)
+    if not np.array_equal(small.astype(np.float16).astype(np.float32), small):
+        return None
+    return w.astype(np.float16)
+
+
+def narrow_exact(model: onnx.ModelProto, seen: dict[str, tuple[bytes, bytes | None]] | None = None) -> list[str]:
+    """Store as float16 (in place) every float32 initializer that a MatMul reads, directly or through
+    Transposes read only by MatMuls, and whose values float16 holds exactly; -> their names, graph order.
+
+    Why: tiny.en's checkpoint is float16, so its float32 export holds float16 values in float32: the decode
+    step's logits gemv read 80 MB of them per step where 40 MB hold the same numbers. Exact, so the project's
+    rule (float16 storage only where the checkpoint is float16) holds: a weight with one value float16 cannot
+    hold stays float32. The rewritten graph is for TVM's import only: each such MatMul is written as the fp16
+    export writes its products (its other operands Cast to float16, its result Cast back to float32), which
+    schedule_rules.compute_in_float32 (import_graph) turns into a float32 product whose float16 weight is
+    widened inside the kernel: the casts of float32 values are dropped, so no activation is ever rounded,
+    and the product sums in float32 what the float32 graph summed. Another reader of a narrowed weight
+    (the token embedding's Gather) reads it as float16 and widens what it read (exact); any other reads a
+    float32 copy (a cast of weights only: lifted into main_transform_params, run once at load).
+
+    `seen`: name -> (float32 bytes, float16 bytes or None), shared by the calls for one folder's graphs."""
+    g = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def products_only(name: str) -> bool:  # every reader a MatMul, or a Transpose whose readers all are
+        return bool(readers.get(name)) and all(
+            n.op_type == "MatMul" or (n.op_type == "Transpose" and products_only(n.output[0]))
+            for n in readers[name])
+
+    def feeds_a_product(name: str) -> bool:
+        return any(n.op_type == "MatMul" or (n.op_type == "Transpose" and products_only(n.output[0]))
+                   for n in readers.get(name, ()))
+
+    narrowed: list[str] = []
+    for i, t in enumerate(g.initializer):
+        if t.data_type != onnx.TensorProto.FLOAT or not feeds_a_product(t.name):
+            continue
+        if t.HasField("raw_data") and not t.external_data:
+            # the stored bytes read in place (little-endian float32, ONNX's raw_data); a weight another graph
+            # of the folder holds too (the decoders share theirs) is decided once: equal bytes, same answer
+            raw = t.raw_data
+            if seen is not None and t.name in seen and seen[t.name][0] == raw:
+                half_bytes = seen[t.name][1]
+            else:
+                half = float16_exactly(np.frombuffer(raw, "<f4").reshape(t.dims))
+                half_bytes = None if half is None else half.astype("<f2", copy=False).tobytes()
+                if seen is not None:
+                    seen[t.name] = (raw, half_bytes)
+            if half_bytes is None:
+                continue
+            t.data_type, t.raw_data = onnx.TensorProto.FLOAT16, half_bytes
+        else:
+            half = float16_exactly(numpy_helper.to_array(t))
+            if half is None:
+                continue
+            g.initializer[i].CopyFrom(numpy_helper.from_array(half, t.name))
+        narrowed.append(t.name)
+    if not narrowed:
+        return narrowed
+    half_values = set(narrowed)  # float16 names now: the weights and their Transposes read by products
+    for node in g.node:
+        if node.op_type == "Transpose" and node.input[0] in half_values and products_only(node.output[0]):
+            half_values.add(node.output[0])
+    nodes: list[onnx.NodeProto] = []
+    wide: dict[str, str] = {}
+    cast = onnx.helper.make_node
+
+    def widened(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """`node` giving float16, then the Cast back to its float32 output. The Cast takes the node's name:
+        verify's probe exposes a named node's output (reference/checks/onnx_probe.py), the float32 one."""
+        out, name = node.output[0], node.name
+        node.output[0], node.name = f"{out}.f16", f"{name}.f16" if name else ""
+        return [node, cast("Cast", [node.output[0]], [out], name=name or None, to=onnx.TensorProto.FLOAT)]
+
+    for node in g.node:
+        if node.op_type == "MatMul" and half_values & set(node.input):
+            for k, name in enumerate(node.input):
+                if name not in half_values:  # the activation: a cast compute_in_float32 drops
+                    nodes.append(cast("Cast", [name], [f"{node.output[0]}.in{k}.f16"], to=onnx.TensorProto.FLOAT16))
+                    node.input[k] = nodes[-1].output[0]
+            nodes += widened(node)
+        elif node.op_type == "Gather" and node.input[0] in half_values:  # rows read as float16, then widened
+            nodes += widened(node)
+        elif node.op_type == "Transpose" and node.output[0] in half_values:
+            nodes.append(node)
+        else:
+            for k, name in enumerate(node.input):
+                if name in half_values:  # a float32 copy (one per weight), made once at load
+                    if name not in wide:
+                        wide[name] = f"{name}.f32"
+                        nodes.append(cast("Cast", [name], [wide[name]], to=onnx.TensorProto.FLOAT))
+                    node.input[k] = wide[name]
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    stale = half_values - set(narrowed)  # declared float32 by the file: no longer true
+    kept = [v for v in g.value_info if v.name not in stale]
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    return narrowed
+
+
 def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
     """A hash of everything a compiled library depends on: nodes, inputs, outputs, the initializers'
-    names, dtypes and shapes (not their values), the schedules' source, the target and TVM's version."""
+    names, dtypes and shapes (not their values), the schedules' source, the target and TVM's version.
+    Hashed after narrow_exact: which weights it stored as float16 is in their dtypes and the casts it
+    added, so a graph whose weights float16 cannot hold never loads a library built for narrowed ones."""
     h = hashlib.sha256(json.dumps([LIBRARY_FORMAT, schedule_rules.source_digest(), str(target),
                                    tvm.__version__]).encode())
     g = model.graph
@@ -216,14 +343,13 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         self.vms: dict[str, relax.VirtualMachine] = {}
         self.params: dict[str, list[Any]] = {}
         self.inputs: dict[str, list[str]] = {}
+        self.narrowed: dict[str, list[str]] = {}  # part -> float32 initializers stored as float16 (narrow_exact)
+        seen: dict[str, tuple[bytes, bytes | None]] = {}  # the decoders' shared weights, decided once
         bindings: dict[str, PartBinding] = {}
-        for part, path in find_files(folder, fp16).items():
-            try:
-                model = onnx.load(str(path))
-            except Exception as e:  # onnx raises protobuf's DecodeError and others for damaged files
-                raise OnnxFolderError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from e
-            bindings[part] = check_part(part, path, signature_from_model(model), checkpoint.dims)
+        # decoder_model_merged alone is compiled as its two branches (split.py): TVM cannot import its If
+        for part, path, model, bindings[part] in split.parts(folder, checkpoint.dims, fp16):
             specialize(model, checkpoint.dims, batch=1 if part == layout.ENCODER else None)
+            self.narrowed[part] = narrow_exact(model, seen)  # in the graph graph_key hashes: a library per choice
             library = library_dir / f"{part}-{graph_key(model, self.target)}.so"
             cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
                    quiet=quiet)
@@ -243,6 +369,7 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         """A copy of one part's graph (verify's probe adds graph outputs to it: reference/checks/onnx_probe.py)
         compiled as this backend compiles its own, in memory -> (its VM, its weights transformed once)."""
         specialize(model, self.dims, batch=1 if part == layout.ENCODER else None)
+        narrow_exact(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # from_onnx's "Renaming name a.b to a_b"
             executable = tvm.compile(scheduled_module(model, self.target), self.target)
