@@ -3,8 +3,8 @@
 - Name: `whisper-{dims}-w{dtype}-{digest}.so` in the cache folder (backends/cache.py). The digest hashes
   everything the code depends on: the config record (format, dims, weight dtype, the vector registers the
   tiles are sized for), the host (the CPU as /proc/cpuinfo describes it, and the threads the library was
-  built for), apache-tvm's version and the
-  source of the model definition and kernels, so editing a kernel never loads a stale library. The host is
+  built for), apache-tvm's version and the source of the model definition and kernels, so editing a
+  kernel never loads a stale library. The host is
   named by what the kernel reports, not by LLVM's name for it (`llvm_get_system_cpu()`, which compile.py
   gives the compiler): asking LLVM would load the compiler.
 - Checked before it is dlopened: a cached library against its record (size and sha256), a library handed

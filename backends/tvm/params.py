@@ -90,7 +90,7 @@ class ModelConfig:
         """(rows, columns) of the register tile of the static gemms (encoder, cross K/V): 6 rows of
         accumulators as wide as leaves room for one row of weight vectors and a broadcast input: 6 x 64 with
         32 AVX-512 registers (24 + 4 + 1), 6 x 16 with AVX2's 16 (12 + 2 + 1). AVX2 with the AVX-512 tile
-        spilled its accumulators: tiny.en's MLP gemms ran 3-6x slower (Zen 3, benchmarks in docs/schedules.md)."""
+        spilled its accumulators: tiny.en's MLP gemms ran 3-6x slower (Zen 3; benchmarks/bench_kernels.py)."""
         vectors = 4 if self.vector_registers >= 32 else 2
         return 6, vectors * self.vector_lanes
 
