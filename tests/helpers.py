@@ -198,3 +198,15 @@ def compare_with_reference(backend: Backend, ref: NumpyModel, seed: int, n_start
         assert kvslots.shapes([backend.to_numpy(s) for s in kv]) == kvslots.shapes(ref_kv)
         transitions += 1
     assert transitions == min(n_steps + 1, d.n_text_ctx - n_start)  # prefill, then a step per forced token
+
+
+def show_report(request: pytest.FixtureRequest, title: str, lines: list[str]) -> None:
+    """Print a module's figures under `title` at its end, on success too (a report, not a failure message)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if lines and reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_sep("-", title)
+            for line in lines:
+                reporter.write_line(line)

@@ -34,6 +34,7 @@ from .helpers import (
     as_tokenizer,
     forced_run,
     random_windows,
+    show_report,
     small_checkpoint,
     whisperkv,
     windows,
@@ -48,14 +49,7 @@ REPORT: list[str] = []  # the int8 and fp16 figures, printed at the end of the m
 @pytest.fixture(scope="module", autouse=True)
 def figures(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if REPORT and reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():  # shown on success too: a report, not a failure message
-            reporter.write_line("")
-            reporter.write_sep("-", "verify --agreement: quantized and fp16 ONNX candidates vs the reference")
-            for line in REPORT:
-                reporter.write_line(line)
+    show_report(request, "verify --agreement: quantized and fp16 ONNX candidates vs the reference", REPORT)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Two checks:
 from __future__ import annotations
 
 import importlib.util
-import re
 import struct
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 
 from whisperkv.reference.audio import mel_filters
+from whisperkv.reference.checks.agreement import words
+from whisperkv.reference.checks.impact import word_errors
 from whisperkv.reference.weights import expected_shapes
 
 from .helpers import AUDIO_DIR
@@ -88,18 +89,10 @@ def test_every_tensor_round_trips(ggml_file: Path, tiny_en) -> None:
     assert list(f.tensors)[0] == "encoder.positional_embedding"  # openai-whisper's state-dict order
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-
-
 def _wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    d = np.arange(len(hyp) + 1)
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d.copy(), i
-        for j, h in enumerate(hyp, 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r != h))
-    return float(d[len(hyp)]) / max(1, len(ref))
+    # the project's normalised words and word-level edit distance (checked in tests/test_agreement.py)
+    ref, hyp = words(reference), words(hypothesis)
+    return word_errors(ref, hyp) / max(1, len(ref))
 
 
 def test_wer_counts_words_not_punctuation() -> None:

@@ -33,6 +33,7 @@ from .helpers import (
     assert_logits_within,
     compare_with_reference,
     no_speech_prob,
+    show_report,
     small_checkpoint,
     small_dims,
     windows,
@@ -96,14 +97,7 @@ def small_ort(small_folder: Path) -> OnnxRuntimeBackend:
 @pytest.fixture(scope="module", autouse=True)
 def fp16_report(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if FP16_REPORT and reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():  # shown on success too: a report, not a failure message
-            reporter.write_line("")
-            reporter.write_sep("-", "fp16 ONNX (onnxruntime) vs the fp32 reference, verify() per clip")
-            for line in FP16_REPORT:
-                reporter.write_line(line)
+    show_report(request, "fp16 ONNX (onnxruntime) vs the fp32 reference, verify() per clip", FP16_REPORT)
 
 
 # ----------------------------------------------------------------------------------------------
