@@ -255,12 +255,25 @@ def scheduled_module(model: onnx.ModelProto, target: tvm.target.Target, keep_par
     return schedule_rules.schedule_for_cpu(mod, target)
 
 
+def prepare_part(part: str, model: onnx.ModelProto, dims: ModelDims,
+                 seen: dict[str, tuple[bytes, bytes | None]] | None = None) -> list[str]:
+    """`model` (in place) as this backend compiles it: specialised (the encoder to batch 1) and its float16-exact
+    weights narrowed (narrow_exact); -> the narrowed initializers' names."""
+    specialize(model, dims, batch=1 if part == layout.ENCODER else None)
+    return narrow_exact(model, seen)
+
+
+def build(model: onnx.ModelProto, target: tvm.target.Target) -> Any:
+    """Import, schedule and compile one graph (weights as parameters) -> its executable, in memory."""
+    return tvm.compile(scheduled_module(model, target), target)
+
+
 def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target,
                   workspace_dir: Path | None = None) -> float:
-    """Import, schedule, compile and export one graph to `path` (atomically); returns the seconds it took.
+    """`build` and export one graph to `path` (atomically); returns the seconds it took.
     `workspace_dir`: where the compiler puts its intermediate files (default: a system temp folder)."""
     t0 = time.perf_counter()
-    write_library(tvm.compile(scheduled_module(model, target), target), path, workspace_dir)
+    write_library(build(model, target), path, workspace_dir)
     return time.perf_counter() - t0
 
 
@@ -348,8 +361,7 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         bindings: dict[str, PartBinding] = {}
         # decoder_model_merged alone is compiled as its two branches (split.py): TVM cannot import its If
         for part, path, model, bindings[part] in split.parts(folder, checkpoint.dims, fp16):
-            specialize(model, checkpoint.dims, batch=1 if part == layout.ENCODER else None)
-            self.narrowed[part] = narrow_exact(model, seen)  # in the graph graph_key hashes: a library per choice
+            self.narrowed[part] = prepare_part(part, model, checkpoint.dims, seen)  # graph_key hashes the choice
             library = library_dir / f"{part}-{graph_key(model, self.target)}.so"
             cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
                    quiet=quiet)
@@ -368,12 +380,8 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
     def compile_copy(self, part: str, model: onnx.ModelProto) -> tuple[relax.VirtualMachine, list[Any]]:
         """A copy of one part's graph (verify's probe adds graph outputs to it: reference/checks/onnx_probe.py)
         compiled as this backend compiles its own, in memory -> (its VM, its weights transformed once)."""
-        specialize(model, self.dims, batch=1 if part == layout.ENCODER else None)
-        narrow_exact(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # from_onnx's "Renaming name a.b to a_b"
-            executable = tvm.compile(scheduled_module(model, self.target), self.target)
-        vm = relax.VirtualMachine(executable, self.device)
+        prepare_part(part, model, self.dims)
+        vm = relax.VirtualMachine(build(model, self.target), self.device)
         return vm, list(vm[TRANSFORM_PARAMS](weights_of(model, self.device)))
 
     def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[Any]:
