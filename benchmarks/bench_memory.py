@@ -27,7 +27,7 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "fixtures" / "audio" / "ljspeech_LJ001-0001_to_0008_concat.wav"
-CLI = "import sys; from whisperkv.reference.app.cli import main; sys.exit(main())"
+CLI = "from whisperkv.reference.app.cli import run; run()"  # the `whisperkv` command
 
 
 def write_silence(path: Path, seconds: float, sr: int = 16000) -> None:

@@ -105,7 +105,16 @@ def timed_load_model(*a, **k):
     rec["load_times"] = getattr(model.backend, "load_times", None)
     return model
 tr.load_model = timed_load_model
-atexit.register(lambda: print(MARK + json.dumps(rec), file=sys.stderr, flush=True))
+def report():
+    if not rec.get("reported"):
+        rec["reported"] = True
+        print(MARK + json.dumps(rec), file=sys.stderr, flush=True)
+atexit.register(report)
+os_exit = os._exit  # the command ends with os._exit (cli.run), which skips atexit
+def reported_exit(code):
+    report()
+    os_exit(code)
+os._exit = reported_exit
 sys.argv = ["whisperkv", *sys.argv[1:]]
 runpy.run_module("whisperkv", run_name="__main__", alter_sys=True)
 """

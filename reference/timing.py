@@ -220,30 +220,12 @@ def backtrace(trace: np.ndarray) -> np.ndarray:
 # Tokens -> words
 
 
-@cache
-def _byte_of_char() -> dict[str, int]:
-    # GPT-2's byte-level BPE writes each byte as a printable character (bytes_to_unicode): the inverse.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
 def token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
     """A token's bytes; special and timestamp tokens as their names ('<|endoftext|>', '<|1.00|>'), as
     openai-whisper's decode_with_timestamps writes them."""
     if token >= tokenizer.eot:
         return tokenizer.token_text(token).encode()
-    piece = tokenizer.bpe.id_to_token(token)
-    if piece is None:
-        raise ValueError(f"token {token} is not in the vocabulary")
-    table = _byte_of_char()
-    return bytes(table[c] for c in piece)
+    return tokenizer.token_bytes(token)
 
 
 def decode_lossy(tokenizer: Tokenizer, tokens: Sequence[int]) -> str:

@@ -31,8 +31,11 @@ def test_json_output_for_a_long_file_matches_the_api(tiny_en) -> None:
     assert tiny_en.tokenizer.eot not in lj["tokens"] and tiny_en.tokenizer.sot not in lj["tokens"]
     _, api = tiny_en.transcribe_many([LJSPEECH, JFK], without_timestamps=True)  # JFK's window beside LJSpeech's
     assert lines[1]["tokens"] == api.tokens and lines[1]["text"] == api.text == api["text"]
-    # the same float32 computation on the same input, once in the CLI's process and once here: equal exactly
-    assert lines[1]["segments"][0]["no_speech_prob"] == api["segments"][0]["no_speech_prob"]
+    # the same float32 computation on the same input, once in the CLI's process and once here. Equal up to
+    # the summation order of OpenBLAS's sgemm, which follows its thread count: a TVM backend created earlier
+    # in this process sets OpenBLAS to one thread (backends/tvm/threads.py), the CLI's numpy run keeps two.
+    # Measured 2.5e-6 relative; 1e-5 is float32 re-association over the encoder, far below any real change.
+    assert lines[1]["segments"][0]["no_speech_prob"] == pytest.approx(api["segments"][0]["no_speech_prob"], rel=1e-5)
     # and alone, in a batch of its own: the same tokens
     assert tiny_en.transcribe(JFK, without_timestamps=True).tokens == api.tokens
 

@@ -241,7 +241,8 @@ model = whisperkv.load_model(backend="tvm")
 result = model.transcribe(sys.argv[1], without_timestamps=True)
 print(json.dumps({"modules": sorted(m for m in sys.modules if m == "tvm" or m.startswith("tvm.")),
                   "weights_read": model.checkpoint.weights_loaded, "tokens": result.tokens,
-                  "model_bin_opened": any(p.endswith("model.bin") for p in opened)}))
+                  "model_bin_opened": any(p.endswith("model.bin") for p in opened),
+                  "tokenizers": "tokenizers" in sys.modules}))
 """
 
 
@@ -252,5 +253,18 @@ def test_tiny_en_warm_start_decodes_the_reference_tokens_without_the_compiler(ti
     warm = run_child(TINY_CHILD, tmp_path, clip)
     assert first["modules"] != [] and warm["modules"] == []  # only the compiling start imported tvm
     assert first["model_bin_opened"] and not warm["weights_read"] and not warm["model_bin_opened"]
+    assert first["tokenizers"] and not warm["tokenizers"]  # the tokenizer's table was built once, then read
     want = tiny_en.transcribe(clip, without_timestamps=True).tokens
     assert want and first["tokens"] == want and warm["tokens"] == want
+
+
+def test_idle_tvm_workers_spin_briefly_unless_the_user_says_otherwise(tmp_path) -> None:
+    from whisperkv.backends.tvm import threads
+
+    code = "import os, whisperkv.backends.tvm; print(os.environ['TVM_THREAD_POOL_SPIN_COUNT'])"
+    env = {k: v for k, v in child_env(tmp_path).items() if k != "TVM_THREAD_POOL_SPIN_COUNT"}
+    for preset, want in ((None, str(threads.SPIN_COUNT)), ("77", "77")):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=env if preset is None else {**env, "TVM_THREAD_POOL_SPIN_COUNT": preset})
+        assert p.stdout.strip() == want
+    assert threads.SPIN_COUNT < 300_000  # TVM's own default, whose spin a process's exit waits for

@@ -48,19 +48,6 @@ F32_ALWAYS = ("encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_em
 CONV_BIASES = ("encoder.conv1.bias", "encoder.conv2.bias")  # [n] -> [n, 1]: ggml adds them to [T, n] by broadcast
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, inverted: the character each byte is written as in tokenizer.json -> the byte.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 (controls, space, DEL, NBSP, soft hyphen)
-    are written as chr(256 + k) in byte order. whisper.cpp wants the raw bytes, so they are mapped back.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shown = {b: chr(b) for b in printable}
-    for k, b in enumerate(b for b in range(256) if b not in shown):
-        shown[b] = chr(256 + k)
-    return {c: b for b, c in shown.items()}
-
-
 def vocab_bytes(tokenizer_json: str | os.PathLike, multilingual: bool) -> list[bytes]:
     """Token ids 0 .. <|endoftext|>-1 as raw bytes, from the checkpoint's tokenizer.json (the project's
     Tokenizer reads the same file). These are the ids the converter writes from openai's .tiktoken ranks;
@@ -68,12 +55,7 @@ def vocab_bytes(tokenizer_json: str | os.PathLike, multilingual: bool) -> list[b
     from whisperkv.reference.tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer_json, multilingual)
-    decode = _byte_decoder()
-    words = []
-    for i in range(tok.eot):
-        piece = tok.bpe.id_to_token(i)
-        words.append(b"" if piece is None else bytes(decode[c] for c in piece))
-    return words
+    return [tok.token_bytes(i) for i in range(tok.eot)]
 
 
 def ggml_order(names: list[str]) -> list[str]:

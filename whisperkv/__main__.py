@@ -1,5 +1,3 @@
-import sys
+from whisperkv.reference.app.cli import run
 
-from whisperkv.reference.app.cli import main
-
-sys.exit(main())
+run()

@@ -10,6 +10,14 @@ that follows one (the encoder right after the log-mel's `filters @ power`) runs 
 measured 215 ms instead of 137 ms for the tiny.en encoder on 2 cores. With OpenBLAS at one thread there
 is no worker to spin; the small matrix products numpy does around the TVM backend barely notice (the
 log-mel: 4.4 -> 4.9 ms; the numpy reference encoder: 0.69 -> 0.70 s).
+
+TVM_THREAD_POOL_SPIN_COUNT (read once, when the first worker starts) is how many times an idle worker
+calls sched_yield before it sleeps; TVM's default is 300,000, ~0.2 s on this project's machines. The
+spin does not look at the pool's exit flag, so a process's exit waits for it (measured: a 30 s clip's
+whole `whisperkv transcribe` 1.62 -> 1.39 s, the exit alone 230 -> 80 ms), and every pause between TVM
+calls leaves one core busy-waiting. SPIN_COUNT still spans the ~1 ms of Python between two decode steps
+(~0.7 us a yield), so the decode step is unchanged (3.7 ms either way, tiny.en, 2 threads); a worker that
+does fall asleep costs one futex wake.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ if "tvm" in sys.modules and "TVM_NUM_THREADS" not in os.environ:
     print("whisperkv: tvm was imported before backends.tvm; its runtime may use a single thread "
           "(set TVM_NUM_THREADS or import whisperkv.backends.tvm first)", file=sys.stderr)
 os.environ.setdefault("TVM_NUM_THREADS", str(n_threads()))
+SPIN_COUNT = 3000
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
 
 
 # OpenBLAS builds name their thread-count setter differently (numpy and scipy wheels prefix and suffix it).
