@@ -256,6 +256,57 @@ def test_wide_gemv_is_parallel_over_column_chunks() -> None:
         close(run(vm, xs, ws), xs.astype(np.float64) @ ws)
 
 
+def packed_logits_module(k: int, n: int, dtype: str, lead) -> tvm.IRModule:
+    """main(x [*lead, k], embedding [n, k]) = x @ embedding^T, the embedding a weight (num_input = 1), as
+    tvm_onnx.import_graph leaves it: packed (pack_wide_matmuls), then the weights' transforms lifted."""
+    x, emb = _tensor((*lead, k), "x"), _tensor((n, k), "embedding", dtype)
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, emb], attrs={"num_input": 1}):
+        with bb.dataflow():
+            logits = relax.op.permute_dims(emb, [1, 0])
+            out = bb.emit_output(relax.op.matmul(x, logits, out_dtype=F32) if dtype != F32 else  # (as imported:
+                                 relax.op.matmul(x, logits))  # a float32 graph's matmul has no out_dtype)
+        bb.emit_func_output(out)
+    return relax.transform.LiftTransformParams()(sr.pack_wide_matmuls(bb.get(), TARGET))
+
+
+@SETTINGS
+@given(k=st.integers(2, 40), extra=st.integers(1, 70), rows=st.lists(st.integers(1, 7), min_size=1, max_size=2),
+       fp16=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_wide_weights_are_read_as_column_panels_packed_once(k: int, extra: int, rows: list[int], fp16: bool,
+                                                           seed: int) -> None:
+    # the logits: wider than STREAM_CHUNK, and (extra) no multiple of the panel width: padded, then sliced off
+    n, dtype, batch = sr.STREAM_CHUNK + extra, "float16" if fp16 else F32, tvm.tirx.Var("batch", "int64")
+    lifted = packed_logits_module(k, n, dtype, (batch, 1))
+    nb = 4 * sr.cpu_info(TARGET).lanes
+    packed = lifted["main_transform_params"].ret_ty.fields[0]
+    assert [int(d) for d in packed.shape] == [-(-n // nb), k, nb]  # the panels, computed at load
+    main = lifted["main"].script()
+    assert "pad(" not in main and "permute_dims(embedding" not in main  # nothing of it left per call
+    mod = sr.schedule_for_cpu(sr.prepare(lifted), TARGET)
+    assert_rule(mod, "gemm")
+    vm = relax.VirtualMachine(tvm.compile(mod, TARGET), tvm.cpu())
+    emb = rng_arrays(seed, (n, k))[0].astype(dtype)
+    panels = vm["main_transform_params"]([tvm.runtime.tensor(emb)])
+    for i, r in enumerate(rows):
+        xs = rng_arrays(seed + 1 + i, (r, 1, k))[0]
+        got = vm["main"](tvm.runtime.tensor(xs), *panels).numpy()
+        assert got.shape == (r, 1, n)
+        close(got, xs.astype(np.float64) @ emb.astype(np.float64).T)
+
+
+def test_narrow_or_activation_products_are_not_packed() -> None:
+    k, n = 8, sr.STREAM_CHUNK + 5
+    x, w, a = _tensor((3, k), "x"), _tensor((k, 64), "w"), _tensor((k, n), "a")
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, a, w], attrs={"num_input": 2}):  # a: an input, however wide; w: narrow
+        with bb.dataflow():
+            out = bb.emit_output(relax.Tuple([relax.op.matmul(x, a), relax.op.matmul(x, w)]))
+        bb.emit_func_output(out)
+    before = bb.get()
+    tvm.ir.assert_structural_equal(sr.pack_wide_matmuls(before, TARGET), before)
+
+
 def test_float16_products_are_summed_in_float32() -> None:
     # a float16 matmul returned as float16: float32 sums, one rounding to float16 at the end (compute_in_float32
     # keeps the function's output dtype)

@@ -71,7 +71,8 @@ from .protocol import OptimumBackend  # noqa: E402
 
 # bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic;
 # 3: scheduled by backends/tvm/schedule_rules.py, weight transforms lifted into main_transform_params;
-# fp16 graphs computed in float32 since: the cache key hashes schedule_rules.py, so no bump was needed)
+# fp16 graphs computed in float32 and wide products read as column panels since: the cache key hashes
+# schedule_rules.py, so no bump was needed)
 LIBRARY_FORMAT = 3
 TRANSFORM_PARAMS = "main_transform_params"  # run once at load: what the graph computes from weights alone
 
@@ -224,13 +225,16 @@ def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
     return h.hexdigest()[:24]
 
 
-def import_graph(model: onnx.ModelProto, keep_params: bool = True) -> tvm.IRModule:
+def import_graph(model: onnx.ModelProto, keep_params: bool = True, target: tvm.target.Target | None = None
+                 ) -> tvm.IRModule:
     """from_onnx, then the passes every library gets before scheduling. keep_params: the weights are
     parameters (the first `num_input` of main's are the graph inputs) and whatever the graph computes from
     them alone (the tied embedding's transpose, fp16 -> fp32 casts of biases and gains, bias reshapes) is
     lifted into `main_transform_params`, run once at load instead of on every call; otherwise they are
     constants and FoldConstant computes those transforms at build time. Float16 computation becomes float32
-    first (schedule_rules.compute_in_float32), so that the casts it adds to weights are lifted too."""
+    first (schedule_rules.compute_in_float32), so that the casts it adds to weights are lifted too. With a
+    `target`, the wide products of the weights (the logits) read them as column panels, packed at load too
+    (schedule_rules.pack_wide_matmuls)."""
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -244,6 +248,8 @@ def import_graph(model: onnx.ModelProto, keep_params: bool = True) -> tvm.IRModu
     # meet float32 activations are then lifted and run once at load; the matmul weights stay float16 and
     # are widened inside the kernels (schedule_rules.compute_in_float32)
     mod = schedule_rules.compute_in_float32(mod)
+    if target is not None:
+        mod = schedule_rules.pack_wide_matmuls(mod, target)
     if keep_params:
         mod = relax.transform.LiftTransformParams()(mod)
     return mod
@@ -251,7 +257,7 @@ def import_graph(model: onnx.ModelProto, keep_params: bool = True) -> tvm.IRModu
 
 def scheduled_module(model: onnx.ModelProto, target: tvm.target.Target, keep_params: bool = True) -> tvm.IRModule:
     """The graph imported, legalized, fused and scheduled for `target` (schedule_rules), ready for tvm.compile."""
-    mod = schedule_rules.prepare(import_graph(model, keep_params))
+    mod = schedule_rules.prepare(import_graph(model, keep_params, target))
     return schedule_rules.schedule_for_cpu(mod, target)
 
 
