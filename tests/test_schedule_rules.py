@@ -456,8 +456,10 @@ def test_attention_decode_step_with_symbolic_batch() -> None:
     n = tvm.tirx.Var("n", "int64")
     q, k, v = _tensor((n, 6, 1, 64), "q"), _tensor((n, 6, 1500, 64), "k"), _tensor((n, 6, 1500, 64), "v")
     mod, vm = build([q, k, v], _attention_body(False))
-    code = assert_rule(mod, "attention")
+    code = assert_rule(mod, "attention", parallel=True)  # 2 x 6 x 1500 x 64 multiply-adds a row: both cores
     assert "T_transpose" not in code  # the keys are not copied transposed on every call
+    # the scores' partial sums are computed per row, inside the parallel loop, not for every row beforehand
+    assert code.index("T.parallel(") < code.index('T.sblock("matmul_rf")')
     for rows in (1, 2):
         qs, ks, vs = rng_arrays(rows, (rows, 6, 1, 64), (rows, 6, 1500, 64), (rows, 6, 1500, 64))
         close(run(vm, qs, ks, vs), attention_numpy(qs, ks, vs))

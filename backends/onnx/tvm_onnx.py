@@ -54,6 +54,7 @@ import numpy as np
 from whisperkv.backends.tvm import threads as _threads  # noqa: F401
 from whisperkv.backends.tvm.compile import host_target, load_module, write_library  # shared with backends/tvm
 from whisperkv.backends.tvm import schedule_rules
+from whisperkv.backends.tvm.runtime import ALLOCATOR_NAME  # malloc'ed buffers: the step's sizes never repeat
 import onnx
 import tvm
 from onnx import numpy_helper
@@ -371,7 +372,7 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
             library = library_dir / f"{part}-{graph_key(model, self.target)}.so"
             cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
                    quiet=quiet)
-            self.vms[part] = relax.VirtualMachine(load_module(library), self.device)
+            self.vms[part] = relax.VirtualMachine(load_module(library), self.device, ALLOCATOR_NAME)
             self.params[part] = list(self.vms[part][TRANSFORM_PARAMS](weights_of(model, self.device)))
             initializers = {t.name for t in model.graph.initializer}
             self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
@@ -387,7 +388,7 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         """A copy of one part's graph (verify's probe adds graph outputs to it: reference/checks/onnx_probe.py)
         compiled as this backend compiles its own, in memory -> (its VM, its weights transformed once)."""
         prepare_part(part, model, self.dims)
-        vm = relax.VirtualMachine(build(model, self.target), self.device)
+        vm = relax.VirtualMachine(build(model, self.target), self.device, ALLOCATOR_NAME)
         return vm, list(vm[TRANSFORM_PARAMS](weights_of(model, self.device)))
 
     def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[Any]:

@@ -45,6 +45,7 @@ KDL_CPU = 1  # DLPack's device type of the CPU
 # only grows: 938 MB peak RSS for the 172 s clip with timestamps, 556 MB in fixed windows, against 370 and
 # 325 MB with this one, which was faster too (fresh pages cost a fault each; malloc reuses warm ones).
 ALLOCATOR = 1
+ALLOCATOR_NAME = "naive"  # the same, as relax.VirtualMachine(..., memory_cfg=) names it (the ONNX routes' VMs)
 ALIGNMENT = 64  # TVM's kernels take 64-byte aligned data only (tvm.runtime.from_dlpack requires it)
 
 _FFI: Any = None

@@ -707,12 +707,14 @@ def _attention_streamed(sch: s_tir.Schedule, scores: SBlockRV, context: SBlockRV
                 sch.compute_inline(producer)
             except Exception:  # noqa: BLE001 - kept as a stage: correct, one copy per call
                 pass
+    # both products' multiply-adds known at build time (a symbolic batch counts 1): one head's 1500 cached
+    # keys and values are ~1.2 M, worth both cores (scores alone were under the bar: tiny.en's cross
+    # attentions ran on one thread, 1.5 ms of a 6 ms step against 0.9 for the native kernel)
+    work = sum(_static_product([_extent(sch, lp) for lp in sch.get_loops(b)]) for b in (scores, context))
     rf = _vectorize_reduction(sch, scores, cpu.lanes)
-    partials += [rf] if rf is not None else []
     pre = [b for b in sch.get_producers(scores) if _is_spatial(sch, b)]
     loops = sch.get_loops(context)
     lead, row = loops[:n_rows - 1], loops[n_rows - 1]
-    work = _static_product([_extent(sch, lp) for lp in sch.get_loops(scores)])
     if lead and cpu.cores > 1 and work >= PARALLEL_MIN_MACS:  # (batch, heads): plain symbols, fusable
         sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
     d_loop, k_loop = sch.get_loops(context)[-2:]
@@ -724,6 +726,13 @@ def _attention_streamed(sch: s_tir.Schedule, scores: SBlockRV, context: SBlockRV
     stages = _between(sch, scores, context, inclusive=True)
     for block in reversed(stages):
         sch.compute_at(block, row, preserve_unit_loops=True)
+    if rf is not None:  # the scores' vector partial sums too, per row (else all rows' first, in memory)
+        sch.compute_at(rf, row, preserve_unit_loops=True)
+        # compute_at orders its loops as the block's axes: (head_dim chunks, rows, keys, lanes); keys first,
+        # so that each key's head_dim is read front to back into one register, stored once
+        chunks, *_, keys, _lanes = sch.get_loops(rf)[-(n_rows + 3):]
+        sch.reorder(keys, chunks)
+        partials.append(rf)
     _vectorize_inner(sch, sch.decompose_reduction(context, k_loop), cpu.lanes)
     _vectorize_inner(sch, epilogue, cpu.lanes)
     for block in stages:
