@@ -212,6 +212,9 @@ def test_gemm_tiles_whisper_encoder_shape_in_parallel() -> None:
     mod, vm = build([x, w, b], lambda bb, x, w, b: relax.op.add(relax.op.matmul(x, w), b))
     code = assert_rule(mod, "gemm", parallel=True)
     assert "T.unroll(T.int64(6))" in code  # the register tile's rows
+    # the weight read as contiguous panels [n / nb, k, nb], packed per column chunk, nb = the tile's columns
+    nb = sr.vector_block(n, sr.cpu_info(TARGET).lanes, sr.cpu_info(TARGET).tile_vectors)
+    assert f"w_global = T.sblock_alloc_buffer((T.int64({n // nb}), T.int64({k}), T.int64({nb})))" in code
     xs, ws, bs = rng_arrays(1, (1, m, k), (k, n), (n,))
     close(run(vm, xs, ws, bs), xs.astype(np.float64) @ ws + bs)
 

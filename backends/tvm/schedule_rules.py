@@ -430,7 +430,7 @@ def rule_gemm(func: tirx.PrimFunc, cpu: CpuInfo) -> s_tir.Schedule | None:
     else:
         sch.set_scope(main, 0, scope)
     if tiled:
-        anchor = _schedule_tile(sch, plan, cpu)
+        anchor = _schedule_tile(sch, main, plan, cpu)
     elif wide:
         anchor = _schedule_wide(sch, plan, cpu)
     else:
@@ -458,7 +458,7 @@ L2_PANEL_BYTES = 256 * 1024  # the B panel a sweep over all row tiles keeps in L
 #                              Skylake-SP's per-core L2; a Haswell core has 256 KB)
 
 
-def _schedule_tile(sch: s_tir.Schedule, plan: GemmPlan, cpu: CpuInfo) -> LoopRV:
+def _schedule_tile(sch: s_tir.Schedule, main: SBlockRV, plan: GemmPlan, cpu: CpuInfo) -> LoopRV:
     """mb x nb register tiles, parallel over (outer loops, row tiles); returns the loop of one tile.
 
     When the whole B operand (k x columns) is larger than L2, the columns are swept in chunks whose panel
@@ -469,8 +469,10 @@ def _schedule_tile(sch: s_tir.Schedule, plan: GemmPlan, cpu: CpuInfo) -> LoopRV:
     nb = vector_block(n, cpu.lanes, cpu.tile_vectors)
     mb = row_block(_extent(sch, plan.row), cpu.tile_rows)
     k = _static_product([_extent(sch, lp) for lp in plan.red])
+    panels = _weight_panels(sch, main, plan, nb)
     ro, ri = sch.split(plan.row, [None, mb])
     chunk = _column_chunk(n, k, nb) if _static(n) else None
+    cc = None
     if chunk:
         cc, co, ci = sch.split(plan.col, [None, chunk // nb, nb])
         sch.reorder(cc, *plan.outer, ro, co, *plan.red, ri, ci)
@@ -480,7 +482,41 @@ def _schedule_tile(sch: s_tir.Schedule, plan: GemmPlan, cpu: CpuInfo) -> LoopRV:
     sch.parallel(sch.fuse(*plan.outer, ro) if plan.outer else ro)
     sch.unroll(ri)
     sch.vectorize(ci)
+    if panels is not None:  # a chunk's panels are packed just before its tiles run (in L2 for them)
+        if cc is not None:
+            sch.compute_at(panels, cc, preserve_unit_loops=True)
+        rows, cols = sch.get_loops(panels)[-2:]
+        if cpu.cores > 1:
+            sch.parallel(rows)
+        _vectorize_loop(sch, cols, cpu.lanes)
     return co
+
+
+def _weight_panels(sch: s_tir.Schedule, main: SBlockRV, plan: GemmPlan, nb: int) -> SBlockRV | None:
+    """When the product reads a 2-D parameter W [k, n] on its vector axis (a weight, read whole), a copy of
+    it as panels [n / nb, k, nb] for the tiles to read instead -> the copy's block (None otherwise).
+
+    A tile reads nb columns of W for every k: in W's own layout its rows are n elements apart (1.5-6 KB for
+    Whisper's layers), a new page every row or two, where a panel is contiguous. BLAS packs its B panels
+    the same way; the copy reads W once per call, the tiles read it once per tile of rows (250 times for
+    a 1500-row encoder product)."""
+    stmt = sch.get(main)
+    loops = sch.get_loops(main)
+    col = next(iv.var for iv, lp in zip(stmt.iter_vars, loops, strict=True) if sch.get(lp).same_as(sch.get(plan.col)))
+    reduced = {iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
+    n = _extent(sch, plan.col)
+    if plan.copy is not None or not _static(n) or n % nb:
+        return None
+    for index, read in enumerate(stmt.reads):
+        region = read.region
+        if (len(region) == 2 and _is_param(sch, read.source) and region[1].min.same_as(col)
+                and any(region[0].min.same_as(v) for v in reduced)
+                and all(isinstance(d, tirx.IntImm) for d in read.source.shape)
+                and [int(d) for d in read.source.shape][1] == n):
+            panels = sch.cache_read(main, index, "global")
+            sch.transform_layout(panels, ("write", 0), lambda kk, j: (j // nb, kk, j % nb))
+            return panels
+    return None
 
 
 def _column_chunk(n: int, k: int, nb: int, itemsize: int = 4) -> int | None:
