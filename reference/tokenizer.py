@@ -167,14 +167,15 @@ def _read_table(source: Path) -> _Table | None:
 class Tokenizer:
     def __init__(self, path: str | os.PathLike, multilingual: bool) -> None:
         self.path = Path(path)
-        self.table = _read_table(self.path)
-        if self.table is None:
+        table = _read_table(self.path)
+        if table is None:
             try:
                 stamp = file_stamp(self.path)
             except OSError as e:
                 raise TokenizerError(f"{self.path}: cannot read the tokenizer ({e.strerror})") from e
-            self.table = _build_table(self.bpe)
-            _write_table(self.path, self.table, stamp)
+            table = _build_table(self.bpe)
+            _write_table(self.path, table, stamp)
+        self.table: _Table = table
         # The .en tokenizers carry the language tokens too, so the model decides (ModelDims.is_multilingual).
         self.is_multilingual = multilingual
 
