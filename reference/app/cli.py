@@ -550,8 +550,8 @@ def run() -> NoReturn:
     place, files closed), so what Python's shutdown would still do is free memory the kernel reclaims
     anyway: collect garbage, tear down ~400 modules, run the native libraries' destructors. Measured: 65 ms
     of a 1.4 s transcription of a 30 s clip (exit 80 -> 15 ms). Standard output is flushed first; a flush
-    that fails (a closed pipe, a full disk) exits 120, as Python's own shutdown does. main() itself stays
-    an ordinary function for callers in process (tests, `python -m whisperkv` runs this too).
+    that fails (a closed pipe, a full disk) exits 120, as Python's own shutdown does. The console script and
+    `python -m whisperkv` call this; callers in process (tests, embedders) call main(), which just returns.
     """
     code = main()
     try:
