@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .files import atomic_path
-from .weights import cache_folder_and_origin, file_stamp, unchanged_since
+from .weights import cache_entry_for, file_stamp, unchanged_since
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer
@@ -117,8 +117,7 @@ def _module_hash() -> str:
 
 
 def _table_path(source: Path) -> Path:
-    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:32]
-    return cache_folder_and_origin()[0] / TABLES_FOLDER / f"{key}.bin"
+    return cache_entry_for(source, TABLES_FOLDER, ".bin")
 
 
 def _header(source: Path, table: _Table, stamp: list[int]) -> dict:

@@ -610,9 +610,14 @@ def _loader_hash() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
+def cache_entry_for(source: Path, folder: str, suffix: str) -> Path:
+    """The cache file that describes `source` (a note, a derived table): named by its resolved path's hash."""
+    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:32]
+    return cache_folder_and_origin()[0] / folder / f"{key}{suffix}"
+
+
 def _note_path(files: tuple[Path, ...]) -> Path:
-    key = hashlib.sha256(str(files[-1].resolve()).encode()).hexdigest()[:32]
-    return cache_folder_and_origin()[0] / NOTES_FOLDER / f"{key}.json"
+    return cache_entry_for(files[-1], NOTES_FOLDER, ".json")
 
 
 def _files_digest(files: tuple[Path, ...], stamps: dict[str, list[int]]) -> str | None:

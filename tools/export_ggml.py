@@ -108,6 +108,7 @@ def export_ggml(path: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     The file is written beside its final name and renamed, so a reader never sees half a file.
     """
     from whisperkv.reference.audio import N_FFT, mel_filters
+    from whisperkv.reference.files import atomic_path
     from whisperkv.reference.weights import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
@@ -117,13 +118,8 @@ def export_ggml(path: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     words = vocab_bytes(ck.path / "tokenizer.json", dims.is_multilingual)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write_ggml(f, ck.weights, hparams, filters, words, use_f16)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, suffix=".bin") as tmp, open(tmp, "wb") as f:
+        write_ggml(f, ck.weights, hparams, filters, words, use_f16)
     return path
 
 
