@@ -468,6 +468,22 @@ def test_attention_decode_step_with_symbolic_batch() -> None:
         close(run(vm, qs, ks, vs), attention_numpy(qs, ks, vs))
 
 
+def test_encoder_attention_reads_its_keys_as_panels() -> None:
+    # the tiled attention copies K^T once for all heads; a tile of kb keys reads head_dim x kb floats of it,
+    # contiguous when the copy is laid out [batch, heads, keys / kb, head_dim, kb] (in K^T's own layout its
+    # head_dim rows are a row of keys apart: a page or more each at Whisper's 1500 keys)
+    q, k, v = (_tensor((1, 2, n, 24), name) for name, n in (("q", 48), ("k", 100), ("v", 100)))
+    mod, vm = build([q, k, v], _attention_body(False))
+    code = assert_rule(mod, "attention")
+    panels = re.search(r"T_transpose\w* = T.sblock_alloc_buffer\(\(T.int64\(1\), T.int64\(2\), T.int64\((\d+)\), "
+                       r"T.int64\(24\), T.int64\((\d+)\)\)", code)
+    assert panels, "K^T is not copied as panels"
+    blocks, kb = int(panels[1]), int(panels[2])
+    assert blocks * kb >= 100 and blocks * kb - 100 < kb  # the keys padded to whole panels, no more
+    qs, ks, vs = rng_arrays(5, (1, 2, 48, 24), (1, 2, 100, 24), (1, 2, 100, 24))
+    close(run(vm, qs, ks, vs), attention_numpy(qs, ks, vs))
+
+
 @SETTINGS
 @given(queries=st.integers(2, 40), d=st.integers(2, 24), seed=st.integers(0, 2**31 - 1))  # (1 key: no product)
 def test_float16_attention_with_embedded_weights(queries: int, d: int, seed: int) -> None:

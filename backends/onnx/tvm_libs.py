@@ -53,7 +53,6 @@ from typing import Any
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
 from whisperkv.backends.tvm import threads as _threads  # noqa: F401
 from whisperkv.backends.tvm.compile import LibraryMismatchError, host_target, load_module
-from whisperkv.backends.tvm.runtime import ALLOCATOR_NAME  # malloc'ed buffers: the step's sizes never repeat
 import onnx
 import tvm
 from tvm import relax
@@ -66,7 +65,7 @@ from . import layout, split
 from .export import export_onnx
 from .folder import OnnxFolderError, PartBinding, TensorInfo, find_files
 from .protocol import OptimumBackend
-from .tvm_onnx import TVMTensors, narrow_exact, scheduled_module, specialize, write_library
+from .tvm_onnx import TVMTensors, allocator_for, narrow_exact, scheduled_module, specialize, write_library
 
 SUFFIX = ".so"
 
@@ -259,7 +258,7 @@ class TVMLibraryFolderBackend(TVMTensors, OptimumBackend):
         for part, path in find_libraries(self.folder, fp16).items():
             try:
                 module = load_module(path)
-                vm = relax.VirtualMachine(module, self.device, ALLOCATOR_NAME)
+                vm = relax.VirtualMachine(module, self.device, allocator_for(part))
             except LibraryMismatchError as e:  # checked before dlopen, or refused by TVM: names the file
                 raise OnnxFolderError(str(e)) from None
             except Exception as e:  # noqa: BLE001 - a library but no Relax VM: say which file

@@ -46,6 +46,7 @@ KDL_CPU = 1  # DLPack's device type of the CPU
 # 325 MB with this one, which was faster too (fresh pages cost a fault each; malloc reuses warm ones).
 ALLOCATOR = 1
 ALLOCATOR_NAME = "naive"  # the same, as relax.VirtualMachine(..., memory_cfg=) names it (the ONNX routes' VMs)
+POOLED_ALLOCATOR_NAME = "pooled"  # the pool, for VMs whose calls repeat their sizes (tvm_onnx.allocator_for)
 ALIGNMENT = 64  # TVM's kernels take 64-byte aligned data only (tvm.runtime.from_dlpack requires it)
 
 _FFI: Any = None

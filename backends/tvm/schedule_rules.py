@@ -697,7 +697,10 @@ def _attention_tiled(sch: s_tir.Schedule, scores: SBlockRV, context: SBlockRV, e
     register blocks stay padded (computed where the softmax would only ask for the keys it reads), and
     every later stage is computed per tile after them (reverse_compute_at)."""
     _pad_keys(sch, scores, cpu)
+    kb = vector_block(_extent(sch, sch.get_loops(scores)[-2]), cpu.lanes, cpu.tile_vectors)
     pre = [b for b in sch.get_producers(scores) if _is_spatial(sch, b)]  # K^T, padded: once for all heads
+    for block in pre:
+        _key_panels(sch, scores, block, kb)
     writeback = sch.cache_write(scores, 0, "local")  # the tile accumulates in registers, then is stored
     later = [*_between(sch, writeback, context), context]  # the softmax stages (with partials), then P V
     loops = sch.get_loops(scores)
@@ -731,6 +734,22 @@ def _attention_tiled(sch: s_tir.Schedule, scores: SBlockRV, context: SBlockRV, e
             _vectorize_inner(sch, block, cpu.lanes)
     for stage in pre:
         _schedule_spatial_block(sch, stage, cpu)
+
+
+def _key_panels(sch: s_tir.Schedule, scores: SBlockRV, copy: SBlockRV, kb: int) -> None:
+    """The copy of K^T [..., head_dim, keys] the scores read, laid out as panels [..., keys / kb, head_dim, kb]
+    (kb: the score tile's keys): a tile of kb keys then reads head_dim x kb contiguous floats, where in K^T
+    its head_dim rows are a whole row of keys apart (6 KB for 1500 keys: a page every row or less). Left as
+    it is unless the copy writes one buffer whose last dimension is a static multiple of kb."""
+    stmt = sch.get(copy)
+    if len(stmt.writes) != 1:
+        return
+    shape = stmt.writes[0].source.shape
+    if len(shape) < 2 or not isinstance(shape[-1], tirx.IntImm) or int(shape[-1]) % kb:
+        return
+    if not any(r.source.same_as(stmt.writes[0].source) for r in sch.get(scores).reads):
+        return
+    sch.transform_layout(copy, ("write", 0), lambda *i: (*i[:-2], i[-1] // kb, i[-2], i[-1] % kb))
 
 
 def _attention_streamed(sch: s_tir.Schedule, scores: SBlockRV, context: SBlockRV, epilogue: SBlockRV,
