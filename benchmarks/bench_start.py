@@ -24,7 +24,9 @@ round (one process at a time, so none shares the cores with another), medians of
    load, split out of the whole); the parent takes its peak RSS from wait4() (ru_maxrss: the child's own
    VmHWM). Every whisperkv engine's time is given as a ratio to every peer's.
 
-Engines: tvm and numpy (whisperkv backends) and the peers, all on the same bundled tiny.en weights:
+Engines: tvm and numpy (whisperkv backends), tvm-onnx and onnxruntime (whisperkv's Optimum ONNX route: the
+same exported files compiled by TVM with backends/tvm/schedule_rules.py, or run by onnxruntime; tvm-onnx is
+also given as a ratio to tvm and to onnxruntime) and the peers, all on the same bundled tiny.en weights:
 - fw-fp32, fw-int8: faster-whisper's WhisperModel on the bundled CTranslate2 folder, one window at a time;
 - fw-batch-fp32, fw-batch-int8: faster-whisper's BatchedInferencePipeline (batch_size 8: every window of a
   172 s file in one batch), given the fixed 30 s windows as clip_timestamps with its VAD off, so that it
@@ -78,7 +80,10 @@ CLIPS = {  # name -> (label, path, first N seconds or None)
     "onetwothree": ("one two three 2.7 s", AUDIO / "speechrecognition_english_one_two_three.wav", None),
     "wh172": ("White House 172 s", ROOT.parent / "shared" / "audio" / "whitehouse_weekly_address_trade.wav", None),
 }
-WHISPERKV = ("tvm", "numpy")
+WHISPERKV = ("tvm", "numpy", "tvm-onnx", "onnxruntime")  # whisperkv's backends (the last two: the Optimum route)
+# issue 14's comparison: the seed's route (the Optimum files compiled by TVM, schedule_rules) against the
+# native backend and against onnxruntime on the same files
+ALSO_AGAINST = {"tvm-onnx": ("tvm", "onnxruntime")}
 FW = {"fw-fp32": "float32", "fw-int8": "int8"}
 FW_BATCH = {"fw-batch-fp32": "float32", "fw-batch-int8": "int8"}  # BatchedInferencePipeline
 BATCH_SIZE = 8  # faster-whisper's default: the 6 windows of the 172 s clip decode as one batch
@@ -436,7 +441,8 @@ def transcribe_section(engines: list[str], clips: list[str], modes: list[str], r
                       f"{med([r['cpu'] for r in rs]):>7.2f}{max(r['rss_mb'] for r in rs):>8.0f}{w_err:>6}"
                       f"  {texts[e][:40]!r}")
             for e in [e for e in in_mode if e in WHISPERKV]:
-                ratios = "  ".join(f"{p} {walls[e] / walls[p]:.2f}x" for p in in_mode if p in PEERS)
+                against = [p for p in in_mode if p in PEERS or p in ALSO_AGAINST.get(e, ())]
+                ratios = "  ".join(f"{p} {walls[e] / walls[p]:.2f}x" for p in against)
                 if ratios:
                     line = f"{label}, {mode}: {e} {walls[e]:.2f} s = {ratios}"
                     print(f"{'':<16}{e} / peer: {ratios}")
