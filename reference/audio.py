@@ -548,9 +548,14 @@ def _hann_window(n: int) -> np.ndarray:
 
 
 _FRAME_BLOCK = 2048  # frames per FFT block (20.5 s): bounds the temporary [block, n_fft] arrays, streamed or not
-# Pass 1 keeps the log10 mel of inputs up to this many blocks (164 s; 5.2 MB at 80 mels) for pass 2: a
-# typical file is analysed once, and only longer ones twice, in memory bounded by this, not the file.
-_KEPT_BLOCKS = 8
+# Frames per numpy rfft call within a block. numpy 2's float32 rfft of a whole block's 2048 frames took
+# 7.3-8.2 ms, of 256-frame slices 2.3 ms in all (its working set stays in cache), with identical bits: each
+# frame's transform is computed alone either way (checked for slices of 16 to 512 frames).
+_FFT_FRAMES = 256
+# Pass 1 keeps the log10 mel of inputs up to this many blocks (21.8 min; 42 MB at 80 mels) for pass 2: a
+# file up to that long is analysed once, and only longer ones twice, in memory bounded by this, not the
+# file. (At 8 blocks, 164 s, the 172 s clip was analysed twice: 260 of its whole process's ~3.8 s.)
+_KEPT_BLOCKS = 64
 
 
 def _log10_mel(padded: np.ndarray, n_mels: int) -> np.ndarray:
@@ -568,8 +573,10 @@ def _log10_mel(padded: np.ndarray, n_mels: int) -> np.ndarray:
     full = np.zeros((_FRAME_BLOCK - 1) * HOP_LENGTH + N_FFT, np.float32)
     full[: len(padded)] = padded
     frames = np.lib.stride_tricks.sliding_window_view(full, N_FFT)[::HOP_LENGTH]  # [_FRAME_BLOCK, n_fft]
-    spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)  # [_FRAME_BLOCK, n_fft // 2 + 1] complex64
-    power = np.abs(spectrum) ** 2  # |.| then square, as whisper's stft.abs() ** 2
+    power = np.empty((_FRAME_BLOCK, N_FFT // 2 + 1), np.float32)
+    for f in range(0, _FRAME_BLOCK, _FFT_FRAMES):  # (the same bits as one call, 3-4x faster: see _FFT_FRAMES)
+        spectrum = np.fft.rfft(frames[f : f + _FFT_FRAMES] * _hann_window(N_FFT), axis=-1)  # complex64
+        power[f : f + _FFT_FRAMES] = np.abs(spectrum) ** 2  # |.| then square, as whisper's stft.abs() ** 2
     mel = mel_filters(n_mels) @ power.T
     return np.log10(np.maximum(mel[:, :n], np.float32(1e-10)))
 
@@ -754,7 +761,10 @@ class Audio:
         for block in self._log10_mel_blocks(chunks):
             top = max(top, block.max())
             if kept is not None:
-                kept = kept + [block] if len(kept) < _KEPT_BLOCKS else None
+                if len(kept) < _KEPT_BLOCKS:
+                    kept.append(block)
+                else:
+                    kept = None
         self.n_samples, self._top, self._kept = self._last_count, top, kept
 
     def mel_windows(self, n_frames: int = N_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
