@@ -725,7 +725,8 @@ class Audio:
 
     Holds neither the samples nor the log-mel of a long input: `open_audio` read the source once to
     validate it and to find the log-mel's maximum, and each `mel_windows()` reads it again block by block
-    (an input of at most _KEPT_BLOCKS blocks keeps pass 1's blocks instead, a few MB).
+    (an input of at most _KEPT_BLOCKS blocks, 21.8 min, keeps pass 1's blocks instead: at most 42 MB at
+    80 mels).
     """
 
     def __init__(self, name: str, source: str | np.ndarray, chunks: Callable[[], Iterator[np.ndarray]], sr: int,
