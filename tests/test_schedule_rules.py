@@ -408,6 +408,34 @@ def test_conv1d_with_bias_and_gelu(c_in: int, c_out: int, t: int, stride: int, s
     close(run(vm, xs, ws, bs), gelu(conv1d_numpy(xs, ws, stride, 1) + bs[None, :, None]))
 
 
+def test_conv1d_runs_channels_last_with_its_weights_transposed_once() -> None:
+    # prepare() makes a conv1d NWC with WIO weights: its product reads a tap's input channels contiguously
+    # (in NCW a step of the reduction jumps a row of time) and, strided or not, needs no per-call copy of
+    # its weights filter-innermost; with the weights lifted (as tvm_onnx imports do) their transpose runs at
+    # load, in main_transform_params, not in main
+    x = _tensor((1, 24, 40), "x")
+    w = relax.Var("w", relax.TensorType([32, 24, 3], F32))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, w], attrs={"num_input": 1}):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv1d(x, w, strides=2, padding=1))
+        bb.emit_func_output(out)
+    lifted = relax.transform.LiftTransformParams()(sr.channels_last_convs(bb.get()))
+    mod = sr.schedule_for_cpu(sr.prepare(lifted), TARGET)
+    code = assert_rule(mod, "gemm")
+    assert "conv1d_nwc" in code, "the conv is not computed channels-last"
+    assert "_global" not in code, "the conv copies an operand on every call"
+    # main takes the weights as WIO [taps, in, out]: main_transform_params transposed them, once
+    assert 'w: R.Tensor((32, 24, 3)' in mod["main_transform_params"].script()
+    assert 'R.Tensor((3, 24, 32), dtype="float32")) -> R.Tensor((1, 32, 20)' in mod["main"].script()
+    vm = relax.VirtualMachine(tvm.compile(mod, TARGET), tvm.cpu())
+    xs, ws = rng_arrays(9, (1, 24, 40), (32, 24, 3))
+    params = vm["main_transform_params"]([tvm.runtime.tensor(ws)])
+    got = vm["main"](tvm.runtime.tensor(xs), *params).numpy()
+    close(got, conv1d_numpy(xs, ws, 2, 1))
+    assert got.shape == (1, 32, 20)  # NCW out, as the graph asked
+
+
 @pytest.mark.slow  # Whisper's front end at full size: 3000 frames, both convolutions
 def test_conv1d_whisper_front_end() -> None:
     for c_in, stride, t in ((80, 1, 3000), (384, 2, 3000)):

@@ -249,6 +249,7 @@ def import_graph(model: onnx.ModelProto, keep_params: bool = True, target: tvm.t
     # meet float32 activations are then lifted and run once at load; the matmul weights stay float16 and
     # are widened inside the kernels (schedule_rules.compute_in_float32)
     mod = schedule_rules.compute_in_float32(mod)
+    mod = schedule_rules.channels_last_convs(mod)  # before the lift: the weights' transposes run at load
     if target is not None:
         mod = schedule_rules.pack_wide_matmuls(mod, target)
     if keep_params:
