@@ -51,7 +51,7 @@ from typing import Any
 
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
-from whisperkv.backends.tvm import threads as _threads  # noqa: F401
+from whisperkv.backends.tvm import threads as _threads
 from whisperkv.backends.tvm.compile import LibraryMismatchError, host_target, load_module
 import onnx
 import tvm
@@ -249,6 +249,7 @@ class TVMLibraryFolderBackend(TVMTensors, OptimumBackend):
     name = "tvm-libs"
 
     def __init__(self, checkpoint: Checkpoint, folder: str | os.PathLike, fp16: bool | None = None) -> None:
+        _threads.quiet_blas_threads()  # (TVMTensors.encode)
         dims = checkpoint.dims
         self.folder, self.device = Path(folder), tvm.cpu()
         self.vms: dict[str, relax.VirtualMachine] = {}

@@ -51,7 +51,7 @@ import numpy as np
 
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
-from whisperkv.backends.tvm import threads as _threads  # noqa: F401
+from whisperkv.backends.tvm import threads as _threads
 from whisperkv.backends.tvm.compile import host_target, load_module, write_library  # shared with backends/tvm
 from whisperkv.backends.tvm import schedule_rules
 from whisperkv.backends.tvm.runtime import ALLOCATOR_NAME, POOLED_ALLOCATOR_NAME  # see allocator_for
@@ -352,6 +352,14 @@ class TVMTensors:
 
     device: Any
 
+    def encode(self, mel: np.ndarray) -> Any:
+        # numpy's OpenBLAS at one thread, as the native backend has it (threads.quiet_blas_threads): after
+        # the log-mel's BLAS calls its workers busy-wait ~0.1 s on the cores the encoder's pool needs (JFK's
+        # one encode per run took 348-382 ms in bench.py against 296-314 for a 172 s window's). The engines'
+        # __init__ call it too; here for an OpenBLAS loaded since (scipy's).
+        _threads.quiet_blas_threads()
+        return super().encode(mel)  # type: ignore[misc]
+
     def _native(self, x: np.ndarray) -> Any:
         return tvm.runtime.tensor(x, self.device)
 
@@ -375,6 +383,7 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
 
     def __init__(self, checkpoint: Checkpoint, onnx_dir: str | os.PathLike | None = None, fp16: bool | None = None,
                  library_dir: str | os.PathLike | None = None, quiet: bool = True) -> None:
+        _threads.quiet_blas_threads()  # (TVMTensors.encode)
         folder = Path(onnx_dir) if onnx_dir is not None else exported_folder(checkpoint, fp16=bool(fp16), quiet=quiet)
         self.folder, self.device, self.target = folder, tvm.cpu(), host_target()
         library_dir = Path(library_dir) if library_dir is not None else cache_dir() / "tvm-onnx"
