@@ -219,6 +219,24 @@ def test_checkpoint_weights_are_read_lazily_only_under_a_trusted_note(tmp_path, 
     assert changed.weights_digest() != digest
 
 
+def test_a_warm_onnx_export_is_found_without_reading_the_weights(tmp_path, monkeypatch) -> None:
+    # the ONNX routes (onnxruntime, tvm-onnx) key their export by the checkpoint files' digest, which a warm
+    # start knows from the note: finding the export reads no weights. Weights from no file, or replaced in
+    # memory, are keyed by their own hash.
+    pytest.importorskip("onnx")
+    from whisperkv.backends.onnx.cache import exported_folder
+
+    folder = small_folder(tmp_path / "small")
+    monkeypatch.setenv("WHISPERKV_CACHE_DIR", str(tmp_path / "cache"))
+    eager = load_checkpoint(folder)
+    export = exported_folder(eager, directory=tmp_path / "onnx")  # written; the note too (weights_digest)
+    lazy = load_checkpoint(folder)
+    assert exported_folder(lazy, directory=tmp_path / "onnx") == export
+    assert not lazy.weights_loaded
+    lazy.weights = {k: w * 2 for k, w in eager.weights.items()}  # other weights: another export
+    assert exported_folder(lazy, directory=tmp_path / "onnx") != export
+
+
 def test_a_note_from_a_read_only_cache_is_simply_not_written(tmp_path, monkeypatch) -> None:
     folder = small_folder(tmp_path / "small")
     blocker = tmp_path / "a-file"

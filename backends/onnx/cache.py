@@ -35,13 +35,21 @@ def weights_hash(checkpoint: Checkpoint) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_key(checkpoint: Checkpoint) -> str:
+    """The weights' part of an export's key: the checkpoint files' sha256 when it has one (from the
+    checkpoint's note: a warm start reads no weights, as the native backend's packed weights are keyed),
+    else a hash of the weights in memory (weights from no file, or replaced since they were read)."""
+    digest = checkpoint.weights_digest()
+    return f"f{digest[:16]}" if digest is not None else weights_hash(checkpoint)
+
+
 def exported_folder(checkpoint: Checkpoint, fp16: bool = False, directory: Path | None = None,
                     quiet: bool = True) -> Path:
     """The Optimum folder of `checkpoint` in the cache, checked against its record, exported on a miss or
     a mismatch (into a temporary folder renamed into place, under the cache folder's lock)."""
     from .export import export_onnx
 
-    key = f"{checkpoint.dims.key()}-{weights_hash(checkpoint)}-{source_hash()}{'-fp16' if fp16 else ''}"
+    key = f"{checkpoint.dims.key()}-{weights_key(checkpoint)}-{source_hash()}{'-fp16' if fp16 else ''}"
     folder = (directory or cache_dir() / "onnx") / key
 
     def build() -> None:
