@@ -537,8 +537,7 @@ def test_narrow_exact_takes_the_matmul_weights_float16_holds_and_only_those(tvm_
     other = build_models(Checkpoint(SMALL, weights, ck.path, "float32", "random"))[layout.DECODER]
     assert tvm_onnx.narrow_exact(other) == [n for n in narrowed if n != name]
     # the library cache key sees which were narrowed: that graph never loads the first one's library
-    target = tvm_onnx.host_target()
-    assert tvm_onnx.graph_key(other, target) != tvm_onnx.graph_key(model, target)
+    assert tvm_onnx.graph_key(other) != tvm_onnx.graph_key(model)
     # random float32 weights and an fp16 export: nothing to narrow
     assert tvm_onnx.narrow_exact(build_models(small_checkpoint(SMALL, seed=21))[layout.DECODER]) == []
     assert tvm_onnx.narrow_exact(build_models(ck, fp16=True)[layout.DECODER]) == []
@@ -559,7 +558,9 @@ def test_a_narrowed_graph_computes_what_the_float32_one_does(tvm_onnx, part: str
     narrow = onnx.ModelProto()
     narrow.CopyFrom(model)
     assert tvm_onnx.narrow_exact(narrow)
-    target, rng = tvm_onnx.host_target(), np.random.default_rng(22)
+    from whisperkv.backends.tvm.compile import host_target
+
+    target, rng = host_target(), np.random.default_rng(22)
     initializers = {t.name for t in model.graph.initializer}
     feeds = []
     for v in model.graph.input:
@@ -573,7 +574,7 @@ def test_a_narrowed_graph_computes_what_the_float32_one_does(tvm_onnx, part: str
     outputs = []
     for m in (model, narrow):
         vm = relax.VirtualMachine(tvm.compile(tvm_onnx.scheduled_module(m, target), target), tvm.cpu())
-        params = list(vm[tvm_onnx.TRANSFORM_PARAMS](tvm_onnx.weights_of(m, tvm.cpu())))
+        params = list(vm[tvm_onnx.TRANSFORM_PARAMS](tvm_onnx.weights_of(m)))
         result = vm["main"](*(tvm.runtime.tensor(f) for f in feeds), *params)
         outputs.append([r.numpy() for r in ([result] if hasattr(result, "numpy") else result)])
     assert len(outputs[0]) == len(outputs[1])

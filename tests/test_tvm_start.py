@@ -118,6 +118,38 @@ def test_a_warm_start_runs_without_the_compiler_on_mapped_weights(small_start) -
     assert_close(np.array(warm["logits"], np.float32), want)
 
 
+ONNX_CHILD = """
+import json, sys
+import numpy as np
+from whisperkv.reference.weights import load_checkpoint
+from whisperkv.backends.onnx.tvm_onnx import TVMOnnxBackend
+ck = load_checkpoint(sys.argv[1])
+backend = TVMOnnxBackend(ck, quiet=True)
+d = ck.dims
+mel = np.random.default_rng(0).standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32)
+logits, _ = backend.prefill(np.array([[1, 2, 3]]), [backend.encode(mel)], backend.zero_kv(1))
+print(json.dumps({"modules": sorted(m for m in sys.modules if m == "tvm" or m.startswith("tvm.")),
+                  "weights_read": ck.weights_loaded, "compiled": sorted(backend.compile_seconds),
+                  "logits": logits.tolist()}))
+"""
+
+
+@pytest.mark.slow  # three small TVM compiles (~15 s)
+def test_a_warm_tvm_onnx_start_runs_without_the_compiler(tmp_path) -> None:
+    # the seed's route, warm: the cached libraries are loaded by tvm-ffi and libtvm_runtime (runtime.VM), the
+    # export is found by the checkpoint's digest: no compiler imported, no weights read, the same logits
+    pytest.importorskip("onnx")
+    folder, cache = small_folder(tmp_path / "small"), tmp_path / "cache"
+    cache.mkdir()
+    first = run_child(ONNX_CHILD, cache, str(folder))
+    assert first["compiled"] == ["decoder_model", "decoder_with_past_model", "encoder_model"]
+    warm = run_child(ONNX_CHILD, cache, str(folder))
+    assert warm["compiled"] == [] and warm["modules"] == [] and not warm["weights_read"]
+    want = reference_logits(folder)
+    assert_close(np.array(first["logits"], np.float32), want)
+    assert_close(np.array(warm["logits"], np.float32), want)
+
+
 def test_a_damaged_packed_weights_file_is_rebuilt_before_it_is_mapped(small_start) -> None:
     cache, folder, _ = small_start
     (path,) = cache.glob("*.weights")

@@ -52,7 +52,7 @@ from typing import Any
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
 from whisperkv.backends.tvm import threads as _threads
-from whisperkv.backends.tvm.compile import LibraryMismatchError, host_target, load_module
+from whisperkv.backends.tvm.compile import LibraryMismatchError, host_target, load_module, write_library
 import onnx
 import tvm
 from tvm import relax
@@ -65,7 +65,7 @@ from . import layout, split
 from .export import export_onnx
 from .folder import OnnxFolderError, PartBinding, TensorInfo, find_files
 from .protocol import OptimumBackend
-from .tvm_onnx import TVMTensors, allocator_for, narrow_exact, scheduled_module, specialize, write_library
+from .tvm_onnx import TVMTensors, allocator_for, narrow_exact, scheduled_module, specialize
 
 SUFFIX = ".so"
 

@@ -24,7 +24,9 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
   input), and the encoder's batch fixed to 1 (`encode` takes one window). The decoders keep batch_size
   symbolic, so one library runs any number of rows; everything else is static but the self-KV length;
 - compiled libraries are cached like the native backend's: checked against their record before they are
-  loaded, compiled under the folder's lock (backends/cache.py);
+  loaded, compiled under the folder's lock (backends/cache.py). A cached library is loaded and run as the
+  native backend's are, by tvm-ffi and libtvm_runtime (runtime.VM): a warm start never imports the compiler
+  (`import tvm`, ~0.9 s); `graph_key` describes the host without it (library.host_key);
 - TVM_NUM_THREADS is set (to the CPUs this process may use) before tvm is imported, as backends/tvm does:
   the runtime uses one thread otherwise.
 - rows are moved by `gather_rows`: one tensor-to-tensor copy per run of consecutive rows, through views of
@@ -36,6 +38,7 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,21 +48,22 @@ import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 # isort: off
 # backends.tvm sets TVM_NUM_THREADS, which the runtime reads once, when tvm is imported: it comes first.
 from whisperkv.backends.tvm import threads as _threads
-from whisperkv.backends.tvm.compile import host_target, load_module, write_library  # shared with backends/tvm
-from whisperkv.backends.tvm import schedule_rules
+from whisperkv.backends.tvm import runtime
+from whisperkv.backends.tvm.library import host_key, load_module, rules_digest  # no compiler: tvm-ffi only
 from whisperkv.backends.tvm.runtime import ALLOCATOR_NAME, POOLED_ALLOCATOR_NAME  # see allocator_for
 import onnx
-import tvm
 from onnx import numpy_helper
-from tvm import relax
 # isort: on
+
+if TYPE_CHECKING:  # the compiler (tvm, relax, schedule_rules) is imported only to compile
+    import tvm
 
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
@@ -211,13 +215,15 @@ def narrow_exact(model: onnx.ModelProto, seen: dict[str, tuple[bytes, bytes | No
     return narrowed
 
 
-def graph_key(model: onnx.ModelProto, target: tvm.target.Target) -> str:
+def graph_key(model: onnx.ModelProto, machine: Any = None) -> str:
     """A hash of everything a compiled library depends on: nodes, inputs, outputs, the initializers'
-    names, dtypes and shapes (not their values), the schedules' source, the target and TVM's version.
+    names, dtypes and shapes (not their values), the schedules' source, the machine and TVM's version.
     Hashed after narrow_exact: which weights it stored as float16 is in their dtypes and the casts it
-    added, so a graph whose weights float16 cannot hold never loads a library built for narrowed ones."""
-    h = hashlib.sha256(json.dumps([LIBRARY_FORMAT, schedule_rules.source_digest(), str(target),
-                                   tvm.__version__]).encode())
+    added, so a graph whose weights float16 cannot hold never loads a library built for narrowed ones.
+    `machine`: this host (library.host_key: its CPU and threads, what host_target compiles for), or a
+    target given to the compiler instead. Computed without the compiler: a warm start never imports it."""
+    h = hashlib.sha256(json.dumps([LIBRARY_FORMAT, rules_digest(), str(machine) if machine is not None
+                                   else host_key(), runtime.tvm_version()]).encode())
     g = model.graph
     for item in (*g.node, *g.input, *g.output):
         h.update(item.SerializeToString(deterministic=True))
@@ -236,8 +242,11 @@ def import_graph(model: onnx.ModelProto, keep_params: bool = True, target: tvm.t
     first (schedule_rules.compute_in_float32), so that the casts it adds to weights are lifted too. With a
     `target`, the wide products of the weights (the logits) read them as column panels, packed at load too
     (schedule_rules.pack_wide_matmuls)."""
+    from tvm import relax
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
+
+    from whisperkv.backends.tvm import schedule_rules
 
     with warnings.catch_warnings():  # one "Renaming name a.b to a_b" per dotted tensor name
         warnings.simplefilter("ignore", UserWarning)
@@ -259,6 +268,8 @@ def import_graph(model: onnx.ModelProto, keep_params: bool = True, target: tvm.t
 
 def scheduled_module(model: onnx.ModelProto, target: tvm.target.Target, keep_params: bool = True) -> tvm.IRModule:
     """The graph imported, legalized, fused and scheduled for `target` (schedule_rules), ready for tvm.compile."""
+    from whisperkv.backends.tvm import schedule_rules
+
     mod = schedule_rules.prepare(import_graph(model, keep_params, target))
     return schedule_rules.schedule_for_cpu(mod, target)
 
@@ -273,6 +284,8 @@ def prepare_part(part: str, model: onnx.ModelProto, dims: ModelDims,
 
 def build(model: onnx.ModelProto, target: tvm.target.Target) -> Any:
     """Import, schedule and compile one graph (weights as parameters) -> its executable, in memory."""
+    import tvm
+
     return tvm.compile(scheduled_module(model, target), target)
 
 
@@ -280,16 +293,18 @@ def compile_graph(model: onnx.ModelProto, path: Path, target: tvm.target.Target,
                   workspace_dir: Path | None = None) -> float:
     """`build` and export one graph to `path` (atomically); returns the seconds it took.
     `workspace_dir`: where the compiler puts its intermediate files (default: a system temp folder)."""
+    from whisperkv.backends.tvm.compile import write_library
+
     t0 = time.perf_counter()
     write_library(build(model, target), path, workspace_dir)
     return time.perf_counter() - t0
 
 
-def transformed_weights(module: Any, model: onnx.ModelProto, device: Any) -> list[Any]:
-    """`main_transform_params` of a built graph on its weights: what `main` takes after its inputs. Run on a
-    VM of its own that frees with malloc: a pooled VM would keep the transform's temporaries (copies,
-    packed panels) for the process's life (tiny.en's three graphs: +80 MB resident)."""
-    return list(relax.VirtualMachine(module, device, ALLOCATOR_NAME)[TRANSFORM_PARAMS](weights_of(model, device)))
+def transformed_weights(module: Any, model: onnx.ModelProto) -> list[Any]:
+    """`main_transform_params` of a built graph (its runtime module) on its weights: what `main` takes after
+    its inputs. Run on a VM of its own that frees with malloc: a pooled VM would keep the transform's
+    temporaries (copies, packed panels) for the process's life (tiny.en's three graphs: +80 MB resident)."""
+    return list(runtime.VM(module, ALLOCATOR_NAME)[TRANSFORM_PARAMS](weights_of(model)))
 
 
 def allocator_for(part: str) -> str:
@@ -303,7 +318,7 @@ def allocator_for(part: str) -> str:
     return ALLOCATOR_NAME if part == layout.DECODER_WITH_PAST else POOLED_ALLOCATOR_NAME
 
 
-def profile_calls(vm: relax.VirtualMachine, run: Any) -> dict[str, tuple[int, float]]:
+def profile_calls(vm: Any, run: Any) -> dict[str, tuple[int, float]]:
     """Call `run()` (which calls into `vm`) with the Relax VM's instrumentation on: symbol -> (calls, seconds),
     every kernel and builtin the VM called, most expensive first. (TVM 0.27's VM has no `profile`; this is
     what found the per-call weight transposes and casts that `main_transform_params` now does once.)"""
@@ -319,11 +334,12 @@ def profile_calls(vm: relax.VirtualMachine, run: Any) -> dict[str, tuple[int, fl
             entry[1] += time.perf_counter() - started[symbol]
         return 0  # VMInstrumentReturnKind.kNoOp: run the call as usual
 
-    vm.set_instrument(instrument)
+    set_instrument = vm.module["set_instrument"]  # a backend's runtime.VM, or a relax.VirtualMachine
+    set_instrument(instrument)
     try:
         run()
     finally:
-        vm.set_instrument(None)
+        set_instrument(None)
     return {k: (v[0], v[1]) for k, v in sorted(spent.items(), key=lambda kv: -kv[1][1])}
 
 
@@ -332,7 +348,7 @@ def gather_rows(picks: Sequence[tuple[Any, int]], like: Any) -> Any:
     and dtype of `like`. One copy per run of consecutive rows of one source, between views of the two
     allocations: the rows never leave TVM's memory (a beam reorder or a dropped row is a few memcpys)."""
     row_shape = tuple(like.shape[1:])
-    out = tvm.runtime.empty((len(picks), *row_shape), like.dtype, like.device)
+    out = runtime.empty((len(picks), *row_shape), str(like.dtype))
     row_bytes = int(np.prod(row_shape)) * np.dtype(str(like.dtype)).itemsize
     i = 0
     while i < len(picks) and row_bytes:  # rows of no elements (self slots of length 0): nothing to copy
@@ -341,16 +357,13 @@ def gather_rows(picks: Sequence[tuple[Any, int]], like: Any) -> Any:
         while i + n < len(picks) and picks[i + n][0] is source and picks[i + n][1] == first + n:
             n += 1
         view = (n, *row_shape)
-        source._create_view(view, relative_byte_offset=first * row_bytes).copyto(
-            out._create_view(view, relative_byte_offset=i * row_bytes))
+        runtime.copy_into(runtime.view(out, view, i * row_bytes), runtime.view(source, view, first * row_bytes))
         i += n
     return out
 
 
 class TVMTensors:
-    """The native-array half of an engine whose arrays are TVM tensors on `self.device`."""
-
-    device: Any
+    """The native-array half of an engine whose arrays are TVM tensors (tvm-ffi's, on the CPU)."""
 
     def encode(self, mel: np.ndarray) -> Any:
         # numpy's OpenBLAS at one thread, as the native backend has it (threads.quiet_blas_threads): after
@@ -361,10 +374,10 @@ class TVMTensors:
         return super().encode(mel)  # type: ignore[misc]
 
     def _native(self, x: np.ndarray) -> Any:
-        return tvm.runtime.tensor(x, self.device)
+        return runtime.tensor(x)
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        return x.numpy()
+        return runtime.to_numpy(x)
 
     def _take(self, x: Any, rows: list[int]) -> Any:
         return gather_rows([(x, r) for r in rows], x)
@@ -373,9 +386,9 @@ class TVMTensors:
         return gather_rows([(x, 0) for x in xs], xs[0])
 
 
-def weights_of(model: onnx.ModelProto, device: Any) -> list[Any]:
+def weights_of(model: onnx.ModelProto) -> list[Any]:
     """The initializers, in graph order: the order from_onnx appends them to main's parameters."""
-    return [tvm.runtime.tensor(np.ascontiguousarray(numpy_helper.to_array(t)), device) for t in model.graph.initializer]
+    return [runtime.as_tensor(np.ascontiguousarray(numpy_helper.to_array(t))) for t in model.graph.initializer]
 
 
 class TVMOnnxBackend(TVMTensors, OptimumBackend):
@@ -385,10 +398,10 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
                  library_dir: str | os.PathLike | None = None, quiet: bool = True) -> None:
         _threads.quiet_blas_threads()  # (TVMTensors.encode)
         folder = Path(onnx_dir) if onnx_dir is not None else exported_folder(checkpoint, fp16=bool(fp16), quiet=quiet)
-        self.folder, self.device, self.target = folder, tvm.cpu(), host_target()
+        self.folder = folder
         library_dir = Path(library_dir) if library_dir is not None else cache_dir() / "tvm-onnx"
         self.compile_seconds: dict[str, float] = {}  # parts compiled by this instance (cache misses)
-        self.vms: dict[str, relax.VirtualMachine] = {}
+        self.vms: dict[str, runtime.VM] = {}
         self.params: dict[str, list[Any]] = {}
         self.inputs: dict[str, list[str]] = {}
         self.narrowed: dict[str, list[str]] = {}  # part -> float32 initializers stored as float16 (narrow_exact)
@@ -397,15 +410,23 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         # decoder_model_merged alone is compiled as its two branches (split.py): TVM cannot import its If
         for part, path, model, bindings[part] in split.parts(folder, checkpoint.dims, fp16):
             self.narrowed[part] = prepare_part(part, model, checkpoint.dims, seen)  # graph_key hashes the choice
-            library = library_dir / f"{part}-{graph_key(model, self.target)}.so"
+            library = library_dir / f"{part}-{graph_key(model)}.so"
             cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
                    quiet=quiet)
             module = load_module(library)
-            self.vms[part] = relax.VirtualMachine(module, self.device, allocator_for(part))
-            self.params[part] = transformed_weights(module, model, self.device)
+            self.vms[part] = runtime.VM(module, allocator_for(part))
+            self.params[part] = transformed_weights(module, model)
             initializers = {t.name for t in model.graph.initializer}
             self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
         super().__init__(checkpoint.dims, bindings)
+
+    @functools.cached_property
+    def target(self) -> tvm.target.Target:
+        """This host's llvm target: only to compile (it imports the compiler); graph_key describes the host
+        without it."""
+        from whisperkv.backends.tvm.compile import host_target
+
+        return host_target()
 
     def _compile(self, part: str, source: Path, model: onnx.ModelProto, library: Path, quiet: bool) -> None:
         if not quiet:
@@ -413,13 +434,12 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         with workspace(library.parent) as ws:
             self.compile_seconds[part] = compile_graph(model, library, self.target, ws)
 
-    def compile_copy(self, part: str, model: onnx.ModelProto) -> tuple[relax.VirtualMachine, list[Any]]:
+    def compile_copy(self, part: str, model: onnx.ModelProto) -> tuple[runtime.VM, list[Any]]:
         """A copy of one part's graph (verify's probe adds graph outputs to it: reference/checks/onnx_probe.py)
         compiled as this backend compiles its own, in memory -> (its VM, its weights transformed once)."""
         prepare_part(part, model, self.dims)
-        module = build(model, self.target)
-        vm = relax.VirtualMachine(module, self.device, allocator_for(part))
-        return vm, transformed_weights(module, model, self.device)
+        module = build(model, self.target).mod  # the Executable's runtime module
+        return runtime.VM(module, allocator_for(part)), transformed_weights(module, model)
 
     def _run(self, part: str, feeds: dict[str, Any], outputs: list[str]) -> list[Any]:
         # main's parameters: the graph inputs in file order, then the weights; outputs in file order.

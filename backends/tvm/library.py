@@ -79,6 +79,20 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+RULE_SOURCES = ("schedule_rules.py", "kernels.py")  # what a library scheduled by schedule_rules depends on
+
+
+@functools.cache
+def rules_digest() -> str:
+    """A digest of schedule_rules.py and kernels.py (its exp and erf), read as files (importing them imports
+    the compiler): part of the cache key of every library scheduled by them (a changed rule rebuilds them)."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in RULE_SOURCES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def library_key(cfg: ModelConfig, target: Any = None) -> str:
     """The digest in the library's name (`target`: a tvm Target given to the compiler instead of this host)."""
     machine = str(target) if target is not None else host_key()

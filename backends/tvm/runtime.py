@@ -47,6 +47,7 @@ KDL_CPU = 1  # DLPack's device type of the CPU
 ALLOCATOR = 1
 ALLOCATOR_NAME = "naive"  # the same, as relax.VirtualMachine(..., memory_cfg=) names it (the ONNX routes' VMs)
 POOLED_ALLOCATOR_NAME = "pooled"  # the pool, for VMs whose calls repeat their sizes (tvm_onnx.allocator_for)
+ALLOCATOR_CODES = {ALLOCATOR_NAME: ALLOCATOR, POOLED_ALLOCATOR_NAME: 2}  # memory_cfg name -> the VM's code
 ALIGNMENT = 64  # TVM's kernels take 64-byte aligned data only (tvm.runtime.from_dlpack requires it)
 
 _FFI: Any = None
@@ -156,9 +157,9 @@ def copy_into(dst: Any, src: Any) -> None:
 class VM:
     """A Relax VM on the CPU over a loaded library module: `vm["encode"](...)`, as relax.VirtualMachine."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, allocator: str = ALLOCATOR_NAME) -> None:
         self.module = module["vm_load_executable"]()
-        self.module["vm_initialization"](KDL_CPU, 0, ALLOCATOR)
+        self.module["vm_initialization"](KDL_CPU, 0, ALLOCATOR_CODES[allocator])
 
     def __getitem__(self, name: str) -> Any:
         return self.module[name]

@@ -36,10 +36,8 @@ recognise, or fails to schedule part way, keeps TVM's default lowering: correctn
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import tvm
 from tvm import relax, s_tir, tirx
@@ -951,15 +949,6 @@ def schedule_for_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModu
         if isinstance(func, tirx.PrimFunc) and not bool(func.attrs.get(SCHEDULED, False)):
             out[gv] = schedule_func(func, cpu)
     return out
-
-
-@functools.cache
-def source_digest() -> str:
-    """A digest of this file and kernels.py (its exp and erf): part of the cache key of every library
-    scheduled by it (a changed rule rebuilds them)."""
-    h = hashlib.sha256(Path(__file__).read_bytes())
-    h.update((Path(__file__).parent / "kernels.py").read_bytes())
-    return h.hexdigest()[:16]
 
 
 def rule_of(func: tirx.PrimFunc) -> str:
