@@ -119,6 +119,15 @@ def writable_folder(folder: Path, why: str = "") -> Path:
 # Records
 
 
+def sources_digest(folder: Path, names: tuple[str, ...]) -> str:
+    """sha256 of the named source files of `folder`, in order (16 hex digits): the part of a cache key that
+    rebuilds an entry when the code that made it changes."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def record_path(target: Path) -> Path:
     return target.with_name(target.name + RECORD_SUFFIX)
 

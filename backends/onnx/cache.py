@@ -15,16 +15,13 @@ from pathlib import Path
 from whisperkv.reference.files import atomic_folder
 from whisperkv.reference.weights import Checkpoint
 
-from ..cache import cache_dir, cached
+from ..cache import cache_dir, cached, sources_digest
 
 _EXPORTER_SOURCES = ("export.py", "layout.py")
 
 
 def source_hash(names: tuple[str, ...] = _EXPORTER_SOURCES) -> str:
-    h = hashlib.sha256()
-    for name in names:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()[:16]
+    return sources_digest(Path(__file__).parent, names)
 
 
 def weights_hash(checkpoint: Checkpoint) -> str:

@@ -26,7 +26,16 @@ from typing import Any
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.errors import InputError
 
-from ..cache import NotCachedError, cache_dir, cached, check_record, elf_problem, loader_crash, workspace
+from ..cache import (
+    NotCachedError,
+    cache_dir,
+    cached,
+    check_record,
+    elf_problem,
+    loader_crash,
+    sources_digest,
+    workspace,
+)
 from . import runtime, threads
 from .params import ModelConfig, cpuinfo
 
@@ -72,11 +81,7 @@ SOURCES = ("kernels.py", "model.py", "params.py", "compile.py")  # what the comp
 
 @functools.cache
 def source_hash() -> str:
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:16]
+    return sources_digest(Path(__file__).parent, SOURCES)
 
 
 RULE_SOURCES = ("schedule_rules.py", "kernels.py")  # what a library scheduled by schedule_rules depends on
@@ -86,11 +91,7 @@ RULE_SOURCES = ("schedule_rules.py", "kernels.py")  # what a library scheduled b
 def rules_digest() -> str:
     """A digest of schedule_rules.py and kernels.py (its exp and erf), read as files (importing them imports
     the compiler): part of the cache key of every library scheduled by them (a changed rule rebuilds them)."""
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in RULE_SOURCES:
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:16]
+    return sources_digest(Path(__file__).parent, RULE_SOURCES)
 
 
 def library_key(cfg: ModelConfig, target: Any = None) -> str:
