@@ -71,3 +71,16 @@ def test_a_folder_nobody_recognises_names_what_each_opener_looked_for(tmp_path: 
     line = p.stderr.strip()
     assert "\n" not in line and str(empty) in line
     assert "no echo.txt" in line and "no *.onnx and no *.so files" in line  # both openers said what they expected
+
+
+def test_a_plugin_put_on_sys_path_later_in_the_process_is_found(tmp_path: Path, monkeypatch) -> None:
+    # The registry scans the installed distributions once for every group, until sys.path changes.
+    from whisperkv.reference import registry
+
+    assert "echo" not in registry.available_backends()
+    install_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "echo" in registry.available_backends()
+    assert set(registry.group_entry_points(FOLDER_GROUP)) >= {"echo", "onnx"}
+    monkeypatch.undo()
+    assert "echo" not in registry.available_backends()
