@@ -95,3 +95,19 @@ def test_the_command_line_does_not_import_tvm_until_a_tvm_backend_is_used() -> N
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_the_public_names_resolve_on_first_use_and_the_command_module_costs_no_numpy() -> None:
+    # `whisperkv` and `whisperkv.reference` import their public names on first use (PEP 562), so that the
+    # command can start its heap warm-up (reference/app/heap.py) before numpy loads.
+    code = ("import sys\nimport whisperkv, whisperkv.reference as r, whisperkv.reference.app.cli, "
+            "whisperkv.reference.app.heap\nprint('numpy' in sys.modules)\n"
+            "for m in (whisperkv, r):\n"
+            "    assert set(m.__all__) - {'__version__'} == set(m._LAZY), m.__name__\n"
+            "    assert all(getattr(m, n) is not None for n in m.__all__) and set(m.__all__) <= set(dir(m))\n"
+            "print(whisperkv.load_model is r.load_model, whisperkv.Whisper.__module__)\n"
+            "try:\n    whisperkv.no_such_name\nexcept AttributeError as e:\n    print(e)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["False", "True whisperkv.reference.transcribe",
+                                     "module 'whisperkv' has no attribute 'no_such_name'"]

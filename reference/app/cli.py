@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from ..checks.compare import DEFAULT_TOLERANCE, positive_tolerance  # (verify itself: imported to verify)
 from ..errors import InputError
 
 EXIT_DIVERGE = 1
@@ -409,6 +408,7 @@ def _add_decoding_arguments(p: argparse.ArgumentParser, fallback: bool = False) 
 def build_parser() -> argparse.ArgumentParser:
     from whisperkv import __version__
 
+    from ..checks.compare import DEFAULT_TOLERANCE, positive_tolerance  # (verify itself: imported to verify)
     from ..registry import available_backends, group_entry_points
     from ..transcribe import APPEND_PUNCTUATIONS, DEFAULT_BATCH_SIZE, PREPEND_PUNCTUATIONS
     from .writers import OUTPUT_FORMATS
@@ -551,7 +551,11 @@ def run() -> NoReturn:
     of a 1.4 s transcription of a 30 s clip (exit 80 -> 15 ms). Standard output is flushed first; a flush
     that fails (a closed pipe, a full disk) exits 120, as Python's own shutdown does. The console script and
     `python -m whisperkv` call this; callers in process (tests, embedders) call main(), which just returns.
+    It also starts the heap warm-up (heap.py) before main() imports numpy and the backend.
     """
+    from .heap import warm_heap
+
+    warm_heap()
     code = main()
     try:
         sys.stdout.flush()
