@@ -17,7 +17,7 @@ _LAZY = {  # public name -> the submodule that defines it
     "Checkpoint": "weights", "CheckpointError": "weights", "load_checkpoint": "weights",
 }
 
-__all__ = [  # (a literal, for linters and type checkers; tests/test_api_input.py holds it to _LAZY)
+__all__ = [  # (a literal, for linters and type checkers; tests/test_layout.py holds it to _LAZY)
     "Checkpoint", "CheckpointError", "Decoder", "DecodingOptions", "DecodingResult", "ModelDims", "State",
     "TraceEvent", "Transcript", "Whisper", "load_checkpoint", "load_model",
 ]

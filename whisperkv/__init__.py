@@ -33,7 +33,7 @@ _LAZY = {  # public name -> the module that defines it
     "load_model": "whisperkv.reference.transcribe",
 }
 
-__all__ = [  # (a literal, for linters and type checkers; tests/test_api_input.py holds it to _LAZY)
+__all__ = [  # (a literal, for linters and type checkers; tests/test_layout.py holds it to _LAZY)
     "DecodingOptions", "DecodingResult", "InputError", "ModelDims", "Transcript", "Whisper", "WhisperkvError",
     "__version__", "available_backends", "load_model",
 ]
