@@ -128,26 +128,71 @@ backend = TVMOnnxBackend(ck, quiet=True)
 d = ck.dims
 mel = np.random.default_rng(0).standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32)
 logits, _ = backend.prefill(np.array([[1, 2, 3]]), [backend.encode(mel)], backend.zero_kv(1))
+maps = open("/proc/self/maps").read()
 print(json.dumps({"modules": sorted(m for m in sys.modules if m == "tvm" or m.startswith("tvm.")),
+                  "onnx_imported": "onnx" in sys.modules, "warm": sorted(backend.warm_parts),
                   "weights_read": ck.weights_loaded, "compiled": sorted(backend.compile_seconds),
+                  "mapped": sorted({line.split()[-1] for line in maps.splitlines() if line.endswith(".params")}),
                   "logits": logits.tolist()}))
 """
+ONNX_PARTS = ["decoder_model", "decoder_with_past_model", "encoder_model"]
 
 
-@pytest.mark.slow  # three small TVM compiles (~15 s)
-def test_a_warm_tvm_onnx_start_runs_without_the_compiler(tmp_path) -> None:
-    # the seed's route, warm: the cached libraries are loaded by tvm-ffi and libtvm_runtime (runtime.VM), the
-    # export is found by the checkpoint's digest: no compiler imported, no weights read, the same logits
+@pytest.fixture(scope="module")
+def onnx_start(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(cache, checkpoint folder, the first child's result): the first tvm-onnx start exports and compiles."""
     pytest.importorskip("onnx")
-    folder, cache = small_folder(tmp_path / "small"), tmp_path / "cache"
-    cache.mkdir()
-    first = run_child(ONNX_CHILD, cache, str(folder))
-    assert first["compiled"] == ["decoder_model", "decoder_with_past_model", "encoder_model"]
+    folder = small_folder(tmp_path_factory.mktemp("onnx-ckpt") / "small")
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    return cache, folder, run_child(ONNX_CHILD, cache, str(folder))
+
+
+def params_files(cache: Path) -> list[str]:
+    return sorted(str(p) for p in (cache / "tvm-onnx").glob("*.params"))
+
+
+@pytest.mark.slow  # three small TVM compiles (~15 s), shared by the tests below
+def test_a_warm_tvm_onnx_start_runs_without_the_compiler_or_the_onnx_files(onnx_start) -> None:
+    # the seed's route, warm: the cached libraries are loaded by tvm-ffi and libtvm_runtime (runtime.VM), the
+    # export is found by the checkpoint's digest, and each part's start record (start_record.py) stands for
+    # its ONNX file: no compiler, no onnx, no weights read, the transformed weights mapped; the same logits
+    cache, folder, first = onnx_start
+    assert first["compiled"] == ONNX_PARTS and first["warm"] == [] and first["onnx_imported"]
     warm = run_child(ONNX_CHILD, cache, str(folder))
     assert warm["compiled"] == [] and warm["modules"] == [] and not warm["weights_read"]
+    assert warm["warm"] == ONNX_PARTS and not warm["onnx_imported"]
+    assert len(params_files(cache)) == 3 and warm["mapped"] == params_files(cache)  # mapped, not copied
+    assert all(wcache.check_record(Path(p)) is None for p in params_files(cache))
     want = reference_logits(folder)
     assert_close(np.array(first["logits"], np.float32), want)
     assert_close(np.array(warm["logits"], np.float32), want)
+
+
+@pytest.mark.slow  # (onnx_start)
+def test_a_touched_onnx_folder_or_damaged_params_start_cold_and_rewrite_them(onnx_start) -> None:
+    cache, folder, _ = onnx_start
+    want = reference_logits(folder)
+    (export,) = (cache / "onnx").glob("*/encoder_model.onnx")
+    # another stamp on any file of the folder (here the encoder's, same bytes): every part of it starts from
+    # its file again (the stamps cover the folder: external data), compiles nothing, and writes its record
+    export.write_bytes(export.read_bytes())
+    time.sleep(0.05)  # (small_folder: a later tick of the file system's clock for the record)
+    cold = run_child(ONNX_CHILD, cache, str(folder))
+    assert cold["warm"] == [] and cold["onnx_imported"] and cold["compiled"] == []
+    assert_close(np.array(cold["logits"], np.float32), want)
+    assert run_child(ONNX_CHILD, cache, str(folder))["warm"] == ONNX_PARTS
+    # a flipped byte in one part's transformed weights: its record refuses the file, that part starts cold and
+    # writes it again (the same bytes: the transform is deterministic); the other parts stay warm
+    path = Path(next(p for p in params_files(cache) if Path(p).name.startswith("encoder_model-")))
+    good = path.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert "does not match its record" in wcache.check_record(path)
+    repaired = run_child(ONNX_CHILD, cache, str(folder))
+    assert repaired["warm"] == ["decoder_model", "decoder_with_past_model"] and repaired["compiled"] == []
+    assert path.read_bytes() == good and wcache.check_record(path) is None
+    assert_close(np.array(repaired["logits"], np.float32), want)
 
 
 def test_a_damaged_packed_weights_file_is_rebuilt_before_it_is_mapped(small_start) -> None:
@@ -318,3 +363,20 @@ def test_idle_tvm_workers_spin_briefly_unless_the_user_says_otherwise(tmp_path) 
                            env=env if preset is None else {**env, "TVM_THREAD_POOL_SPIN_COUNT": preset})
         assert p.stdout.strip() == want
     assert threads.SPIN_COUNT < 300_000  # TVM's own default, whose spin a process's exit waits for
+
+
+def test_a_tensors_file_maps_back_every_array_aligned_and_refuses_a_cut_one(tmp_path) -> None:
+    # packed.write_tensors / map_tensors: tvm-onnx's transformed weights (start_record.py) in the packed format
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal(7).astype(np.float16),
+              np.arange(4, dtype=np.int64).reshape(2, 2), np.zeros((0, 3), np.float32), np.array(2.5, np.float32),
+              rng.standard_normal((2, 3, 4)).astype(np.float32)[:, ::2]]  # (not contiguous: written as it reads)
+    path = packed.write_tensors(tmp_path / "t.params", {"part": "x"}, arrays)
+    meta, mapped = packed.map_tensors(path)
+    assert meta == {"part": "x"} and len(mapped) == len(arrays)
+    for got, want in zip(mapped, arrays, strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert got.size == 0 or got.ctypes.data % packed.ALIGN == 0  # what DLPack needs to share it uncopied
+    path.write_bytes(path.read_bytes()[:-8])  # the last tensor cut short
+    with pytest.raises(packed.PackedWeightsError, match="past the file"):
+        packed.map_tensors(path)

@@ -9,6 +9,7 @@ such folders (ours or anyone's) through the backend protocol with onnxruntime or
     protocol.py  the backend protocol over the three graphs, for any engine
     ort.py       onnxruntime engine           tvm_onnx.py  TVM Relax engine (tvm.relax.frontend.onnx)
     split.py     a merged decoder's If branches as decoder_model / decoder_with_past_model graphs
+    start_record.py  tvm-onnx's warm start: what a start derives from each file, kept beside its library
     tvm_libs.py  the seed's three libraries (`whisperkv compile-onnx`), scheduled (backends/tvm/schedule_rules.py)
     seed_demo.py the seed's pipeline, reproduced and fixed
     cli.py       `whisperkv export-onnx`, `whisperkv compile-onnx`

@@ -44,12 +44,12 @@ def exported_folder(checkpoint: Checkpoint, fp16: bool = False, directory: Path 
                     quiet: bool = True) -> Path:
     """The Optimum folder of `checkpoint` in the cache, checked against its record, exported on a miss or
     a mismatch (into a temporary folder renamed into place, under the cache folder's lock)."""
-    from .export import export_onnx
-
     key = f"{checkpoint.dims.key()}-{weights_key(checkpoint)}-{source_hash()}{'-fp16' if fp16 else ''}"
     folder = (directory or cache_dir() / "onnx") / key
 
     def build() -> None:
+        from .export import export_onnx  # (onnx: imported only to export; a warm start reads no ONNX file)
+
         with atomic_folder(folder) as tmp:
             export_onnx(checkpoint, tmp, fp16=fp16)
 

@@ -2,6 +2,7 @@
 
     split_merged(model) -> {decoder_model: ModelProto, decoder_with_past_model: ModelProto}
     parts(folder, dims, fp16) -> (part, path, model, binding) per graph an engine compiles
+    part_files(folder, fp16)  -> (part, path) of the same graphs, no file read
 
 TVM 0.27's ONNX importer fails inside an `If`'s branches (docs/schedules.md, "The merged decoder"), but each
 branch of Optimum's merged decoder is a whole decoder graph: the else branch is decoder_model, the then branch
@@ -146,20 +147,31 @@ def load(path: Path) -> Any:
         raise OnnxFolderError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from e
 
 
-def parts(folder: str | os.PathLike, dims: ModelDims,
-          fp16: bool | None = None) -> Iterator[tuple[str, Path, Any, PartBinding]]:
+def part_files(folder: str | os.PathLike, fp16: bool | None = None) -> list[tuple[str, Path]]:
+    """(part, file) of every graph `parts` gives, found without reading any file: a merged decoder's two
+    branches both name the merged file."""
+    return [(branch, path) for part, path in find_files(folder, fp16, merged=True).items()
+            for branch in (BRANCH_OF if part == layout.MERGED else (part,))]
+
+
+def parts(folder: str | os.PathLike, dims: ModelDims, fp16: bool | None = None,
+          only: set[str] | None = None) -> Iterator[tuple[str, Path, Any, PartBinding]]:
     """The graphs an engine without `If` compiles from an Optimum folder, each checked against `dims`:
     (part, file, model, binding) for encoder_model, decoder_model, decoder_with_past_model. A folder with
     decoder_model_merged in place of the two decoders gives its two branches (file: the merged one, checked
     as a whole first, so that a damaged merged file is refused naming its own tensor). One model at a time
-    is held by the caller: tiny.en's float32 decoder weights are ~150 MB per copy."""
+    is held by the caller: tiny.en's float32 decoder weights are ~150 MB per copy. `only`: these parts alone
+    (a file none of them comes from is not read)."""
     for part, path in find_files(folder, fp16, merged=True).items():
+        wanted = [p for p in (BRANCH_OF if part == layout.MERGED else (part,)) if only is None or p in only]
+        if not wanted:
+            continue
         model = load(path)
         if part != layout.MERGED:
             yield part, path, model, check_part(part, path, signature_from_model(model), dims)
             continue
         check_part(layout.MERGED, path, signature_from_model(model), dims)
-        for branch_part in BRANCH_OF:
+        for branch_part in wanted:
             split = split_branch(model, branch_part, str(path))
             yield branch_part, path, split, check_part(branch_part, path, signature_from_model(split), dims)
         del model

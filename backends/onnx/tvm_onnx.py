@@ -23,6 +23,10 @@ This is the seed's route (Optimum ONNX -> TVM Relax -> .so), done so that it can
   that axis "encoder_sequence_length / 2", which TVM parses as an expression it cannot compute from any
   input), and the encoder's batch fixed to 1 (`encode` takes one window). The decoders keep batch_size
   symbolic, so one library runs any number of rows; everything else is static but the self-KV length;
+- a warm start reads no ONNX file: each part's library, its transformed weights (the outputs of
+  `main_transform_params`, written once into the library folder and memory-mapped) and its signature are
+  found through a start record that the ONNX folder's stat stamps vouch for (start_record.py); onnx is
+  imported only when a file must be read (0.3 s to ready for tiny.en, against 2.2-2.4 s);
 - compiled libraries are cached like the native backend's: checked against their record before they are
   loaded, compiled under the folder's lock (backends/cache.py). A cached library is loaded and run as the
   native backend's are, by tvm-ffi and libtvm_runtime (runtime.VM): a warm start never imports the compiler
@@ -58,21 +62,22 @@ from whisperkv.backends.tvm import threads as _threads
 from whisperkv.backends.tvm import runtime
 from whisperkv.backends.tvm.library import host_key, load_module, rules_digest  # no compiler: tvm-ffi only
 from whisperkv.backends.tvm.runtime import ALLOCATOR_NAME, POOLED_ALLOCATOR_NAME  # see allocator_for
-import onnx
-from onnx import numpy_helper
 # isort: on
 
-if TYPE_CHECKING:  # the compiler (tvm, relax, schedule_rules) is imported only to compile
+if TYPE_CHECKING:  # the compiler (tvm, relax, schedule_rules) is imported only to compile; onnx only to read a
+    import onnx  # file, which a warm start does not (start_record.py)
     import tvm
 
+from whisperkv.backends.tvm.packed import PackedWeightsError, map_tensors, write_tensors
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
-from ..cache import cached, workspace  # noqa: E402
+from ..cache import CacheError, cached, workspace  # noqa: E402
 from . import layout, split  # noqa: E402
 from .cache import cache_dir, exported_folder  # noqa: E402
-from .folder import PartBinding  # noqa: E402
+from .folder import PartBinding, Signature, check_part  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
+from .start_record import StartRecord, folder_stamps, start_key  # noqa: E402
 
 # bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic;
 # 3: scheduled by backends/tvm/schedule_rules.py, weight transforms lifted into main_transform_params;
@@ -131,6 +136,9 @@ def narrow_exact(model: onnx.ModelProto, seen: dict[str, tuple[bytes, bytes | No
     float32 copy (a cast of weights only: lifted into main_transform_params, run once at load).
 
     `seen`: name -> (float32 bytes, float16 bytes or None), shared by the calls for one folder's graphs."""
+    import onnx
+    from onnx import numpy_helper
+
     g = model.graph
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in g.node:
@@ -222,14 +230,30 @@ def graph_key(model: onnx.ModelProto, machine: Any = None) -> str:
     added, so a graph whose weights float16 cannot hold never loads a library built for narrowed ones.
     `machine`: this host (library.host_key: its CPU and threads, what host_target compiles for), or a
     target given to the compiler instead. Computed without the compiler: a warm start never imports it."""
-    h = hashlib.sha256(json.dumps([LIBRARY_FORMAT, rules_digest(), str(machine) if machine is not None
-                                   else host_key(), runtime.tvm_version()]).encode())
+    h = hashlib.sha256(json.dumps(_graph_independent_key(machine)).encode())
     g = model.graph
     for item in (*g.node, *g.input, *g.output):
         h.update(item.SerializeToString(deterministic=True))
     for t in g.initializer:
         h.update(f"{t.name}:{t.data_type}:{list(t.dims)}".encode())
     return h.hexdigest()[:24]
+
+
+def _graph_independent_key(machine: Any = None) -> list[Any]:
+    return [LIBRARY_FORMAT, rules_digest(), str(machine) if machine is not None else host_key(),
+            runtime.tvm_version()]
+
+
+def weights_digest(model: onnx.ModelProto) -> str:
+    """sha256 of the initializers' names, dtypes, shapes and values, in graph order (after narrow_exact: the
+    values as stored): with graph_key, what `main_transform_params`' outputs depend on."""
+    from onnx import numpy_helper
+
+    h = hashlib.sha256()
+    for t in model.graph.initializer:
+        h.update(f"{t.name}:{t.data_type}:{list(t.dims)}".encode())
+        h.update(t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes())
+    return h.hexdigest()
 
 
 def import_graph(model: onnx.ModelProto, keep_params: bool = True, target: tvm.target.Target | None = None
@@ -388,6 +412,8 @@ class TVMTensors:
 
 def weights_of(model: onnx.ModelProto) -> list[Any]:
     """The initializers, in graph order: the order from_onnx appends them to main's parameters."""
+    from onnx import numpy_helper
+
     return [runtime.as_tensor(np.ascontiguousarray(numpy_helper.to_array(t))) for t in model.graph.initializer]
 
 
@@ -405,20 +431,71 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         self.params: dict[str, list[Any]] = {}
         self.inputs: dict[str, list[str]] = {}
         self.narrowed: dict[str, list[str]] = {}  # part -> float32 initializers stored as float16 (narrow_exact)
-        seen: dict[str, tuple[bytes, bytes | None]] = {}  # the decoders' shared weights, decided once
+        self.warm_parts: list[str] = []  # parts started from their start record (start_record.py): no file read
+        dims = checkpoint.dims
         bindings: dict[str, PartBinding] = {}
-        # decoder_model_merged alone is compiled as its two branches (split.py): TVM cannot import its If
-        for part, path, model, bindings[part] in split.parts(folder, checkpoint.dims, fp16):
-            self.narrowed[part] = prepare_part(part, model, checkpoint.dims, seen)  # graph_key hashes the choice
-            library = library_dir / f"{part}-{graph_key(model)}.so"
-            cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
-                   quiet=quiet)
-            module = load_module(library)
-            self.vms[part] = runtime.VM(module, allocator_for(part))
+        files = split.part_files(folder, fp16)
+        keys = {part: start_key([*_graph_independent_key(), dims.key()], part) for part, _ in files}
+        cold: dict[str, Path] = {}
+        for part, path in files:
+            record = StartRecord.find(library_dir, path, part, keys[part])
+            if record is None or not self._start_warm(part, path, record, library_dir, dims, bindings):
+                cold[part] = path
+        if cold:
+            seen: dict[str, tuple[bytes, bytes | None]] = {}  # the decoders' shared weights, decided once
+            # stamped before anything is read: a file written while this start reads it leaves a stale record
+            stamps = {path: folder_stamps(path) for path in set(cold.values())}
+            # decoder_model_merged alone is compiled as its two branches (split.py): TVM cannot import its If
+            for part, path, model, bindings[part] in split.parts(folder, dims, fp16, only=set(cold)):
+                record = self._start_cold(part, path, model, bindings[part], library_dir, dims, seen, quiet)
+                if record is not None:
+                    record.write(library_dir, path, part, keys[part], stamps[path])
+        super().__init__(dims, bindings)
+
+    def _start_warm(self, part: str, path: Path, record: StartRecord, library_dir: Path, dims: ModelDims,
+                    bindings: dict[str, PartBinding]) -> bool:
+        """One part from its start record: the library loaded, the transformed weights mapped; False when the
+        params file turns out unreadable (the part then starts cold, which writes it again)."""
+        try:
+            _, arrays = map_tensors(library_dir / record.params)
+        except PackedWeightsError:
+            return False
+        bindings[part] = check_part(part, path, record.signature, dims)  # the file's signature against these dims
+        self.vms[part] = runtime.VM(load_module(library_dir / record.library), allocator_for(part))
+        self.params[part] = [runtime.as_tensor(a) for a in arrays]
+        self.inputs[part] = [t.name for t in record.signature.inputs]
+        self.narrowed[part] = record.narrowed
+        self.warm_parts.append(part)
+        return True
+
+    def _start_cold(self, part: str, path: Path, model: onnx.ModelProto, binding: PartBinding, library_dir: Path,
+                    dims: ModelDims, seen: dict[str, tuple[bytes, bytes | None]], quiet: bool) -> StartRecord | None:
+        """One part from its file: prepared, its library compiled on a miss, its transformed weights written
+        into the library folder and mapped (kept in memory when that folder cannot be written: then no
+        record) -> its start record, to be written."""
+        narrowed = self.narrowed[part] = prepare_part(part, model, dims, seen)
+        library = library_dir / f"{part}-{graph_key(model)}.so"  # graph_key hashes narrow_exact's choice
+        cached(library, partial(self._compile, part, path, model, library, quiet), what="compiled library",
+               quiet=quiet)
+        module = load_module(library)
+        self.vms[part] = runtime.VM(module, allocator_for(part))
+        initializers = {t.name for t in model.graph.initializer}
+        self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
+        params = library.with_name(f"{library.stem}-w{weights_digest(model)[:16]}.params")
+
+        def write_params() -> None:
+            arrays = [np.from_dlpack(t) for t in transformed_weights(module, model)]
+            write_tensors(params, {"part": part, "library": library.name}, arrays)
+
+        try:
+            cached(params, write_params, what="transformed weights", quiet=quiet)
+            _, arrays = map_tensors(params)
+        except (CacheError, PackedWeightsError):  # a cache that cannot be written: the weights in memory
             self.params[part] = transformed_weights(module, model)
-            initializers = {t.name for t in model.graph.initializer}
-            self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
-        super().__init__(checkpoint.dims, bindings)
+            return None
+        self.params[part] = [runtime.as_tensor(a) for a in arrays]
+        signature = Signature(tuple(binding.inputs.values()), tuple(binding.outputs.values()))
+        return StartRecord(library.name, params.name, signature, narrowed)
 
     @functools.cached_property
     def target(self) -> tvm.target.Target:

@@ -72,6 +72,11 @@ def packed_path(cfg: ModelConfig, digest: str, directory: Path | None = None) ->
     return (directory or cache_dir()) / f"whisper-{cfg.key()}-p{layout_digest(cfg)[:12]}-{digest[:16]}.weights"
 
 
+def _data_start(header_length: int) -> int:
+    """The tensors' offsets are relative to the first multiple of ALIGN after the prefix and the header."""
+    return -(-(_PREFIX.size + header_length) // ALIGN) * ALIGN
+
+
 def _layout(cfg: ModelConfig, digest: str) -> tuple[bytes, list[tuple[str, str, str, tuple[int, ...], int]]]:
     """The header bytes and (function, name, dtype, shape, offset) of every tensor, in call order."""
     entries: list[list[Any]] = []
@@ -80,10 +85,9 @@ def _layout(cfg: ModelConfig, digest: str) -> tuple[bytes, list[tuple[str, str, 
         for name, shape, dtype in specs:
             entries.append([fn, name, dtype, list(shape), offset])
             offset += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // ALIGN) * ALIGN
-    # Tensor offsets are relative to the data start, itself the first multiple of ALIGN after the header.
     header = json.dumps({"config": config_record(cfg), "checkpoint": digest, "align": ALIGN,
                          "tensors": entries}, sort_keys=True).encode()
-    start = -(-(_PREFIX.size + len(header)) // ALIGN) * ALIGN
+    start = _data_start(len(header))
     return header, [(fn, name, dtype, tuple(shape), start + off) for fn, name, dtype, shape, off in entries]
 
 
@@ -123,10 +127,8 @@ def _views(buffer: np.ndarray, layout: list) -> Packed:
     return out
 
 
-def map_packed(path: Path, cfg: ModelConfig, digest: str | None = None) -> Packed:
-    """The packed arrays of `path`, memory-mapped copy-on-write (no copy; pages shared with other processes).
-
-    The header must describe exactly `cfg`'s parameters (and `digest`'s checkpoint when given)."""
+def _mapped(path: Path) -> tuple[np.ndarray, dict, int]:
+    """`path` memory-mapped copy-on-write, its JSON header (a dict), and where its data starts."""
     buffer = np.memmap(path, dtype=np.uint8, mode="c")
     magic, fmt, length = _PREFIX.unpack(bytes(buffer[: _PREFIX.size]))
     if magic != MAGIC or fmt != PACK_FORMAT:
@@ -135,7 +137,17 @@ def map_packed(path: Path, cfg: ModelConfig, digest: str | None = None) -> Packe
         header = json.loads(bytes(buffer[_PREFIX.size : _PREFIX.size + length]))
     except ValueError as e:
         raise PackedWeightsError(f"{path}: unreadable header ({e})") from e
-    if not isinstance(header, dict) or not isinstance(header.get("checkpoint"), str):
+    if not isinstance(header, dict):
+        raise PackedWeightsError(f"{path}: unreadable header")
+    return buffer, header, _data_start(length)
+
+
+def map_packed(path: Path, cfg: ModelConfig, digest: str | None = None) -> Packed:
+    """The packed arrays of `path`, memory-mapped copy-on-write (no copy; pages shared with other processes).
+
+    The header must describe exactly `cfg`'s parameters (and `digest`'s checkpoint when given)."""
+    buffer, header, _ = _mapped(path)
+    if not isinstance(header.get("checkpoint"), str):
         raise PackedWeightsError(f"{path}: unreadable header")
     want_header, layout = _layout(cfg, header["checkpoint"])
     if header != json.loads(want_header) or (digest is not None and header["checkpoint"] != digest):
@@ -143,6 +155,42 @@ def map_packed(path: Path, cfg: ModelConfig, digest: str | None = None) -> Packe
     if buffer.size != _total(layout):
         raise PackedWeightsError(f"{path}: {buffer.size} bytes, its header needs {_total(layout)}")
     return _views(buffer, layout)
+
+
+def write_tensors(path: Path, meta: dict[str, Any], arrays: list[np.ndarray]) -> Path:
+    """Any list of arrays in this format, `meta` in the header beside their dtypes, shapes and offsets; written
+    atomically, one array at a time (no buffer of the whole file). Read back by map_tensors."""
+    entries, offset = [], 0
+    for a in arrays:
+        entries.append([a.dtype.str, list(a.shape), offset])
+        offset += -(-a.nbytes // ALIGN) * ALIGN
+    header = json.dumps({**meta, "align": ALIGN, "tensors": entries}, sort_keys=True).encode()
+    start = _data_start(len(header))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=path.suffix) as tmp, open(tmp, "wb") as f:
+        f.write(_PREFIX.pack(MAGIC, PACK_FORMAT, len(header)) + header)
+        for a, (_, _, off) in zip(arrays, entries, strict=True):
+            f.write(bytes(start + off - f.tell()))  # zeros up to the tensor's aligned offset
+            f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+    return path
+
+
+def map_tensors(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """write_tensors' (meta, arrays), the arrays memory-mapped copy-on-write (as map_packed's)."""
+    buffer, header, start = _mapped(path)
+    try:
+        entries = header.pop("tensors")
+        if header.pop("align") != ALIGN:
+            raise ValueError("another alignment")
+        arrays = []
+        for dtype, shape, offset in entries:
+            n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if start + offset + n > buffer.size:
+                raise ValueError(f"a tensor ends past the file's {buffer.size} bytes")
+            arrays.append(buffer[start + offset : start + offset + n].view(dtype).reshape(shape))
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackedWeightsError(f"{path}: not a tensors file ({e})") from e
+    return header, arrays
 
 
 def pack_in_memory(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> Packed:
