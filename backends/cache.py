@@ -199,6 +199,17 @@ def check_record(target: Path, full: bool = False) -> str | None:
     return None
 
 
+def recorded_sha256(target: Path) -> str | None:
+    """The sha256 that a file's record holds for it, when the file matches its record; else None. Another
+    file can pin these bytes by it (a reference into `target` that holds only while it is unchanged)."""
+    if check_record(target) is not None:
+        return None
+    try:
+        return str(json.loads(record_path(target).read_text())["files"][target.name]["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # ----------------------------------------------------------------------------------------------
 # The lock and the leftovers of killed writers
 

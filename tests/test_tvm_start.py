@@ -129,8 +129,11 @@ d = ck.dims
 mel = np.random.default_rng(0).standard_normal((1, d.n_mels, d.n_mel_frames)).astype(np.float32)
 logits, _ = backend.prefill(np.array([[1, 2, 3]]), [backend.encode(mel)], backend.zero_kv(1))
 maps = open("/proc/self/maps").read()
+data = {part: [int(np.from_dlpack(t).ctypes.data) for t in backend.params[part]] for part in backend.params}
 print(json.dumps({"modules": sorted(m for m in sys.modules if m == "tvm" or m.startswith("tvm.")),
                   "onnx_imported": "onnx" in sys.modules, "warm": sorted(backend.warm_parts),
+                  "step_params": len(data["decoder_with_past_model"]),
+                  "step_params_shared": len(set(data["decoder_with_past_model"]) & set(data["decoder_model"])),
                   "weights_read": ck.weights_loaded, "compiled": sorted(backend.compile_seconds),
                   "mapped": sorted({line.split()[-1] for line in maps.splitlines() if line.endswith(".params")}),
                   "logits": logits.tolist()}))
@@ -161,8 +164,13 @@ def test_a_warm_tvm_onnx_start_runs_without_the_compiler_or_the_onnx_files(onnx_
     warm = run_child(ONNX_CHILD, cache, str(folder))
     assert warm["compiled"] == [] and warm["modules"] == [] and not warm["weights_read"]
     assert warm["warm"] == ONNX_PARTS and not warm["onnx_imported"]
-    assert len(params_files(cache)) == 3 and warm["mapped"] == params_files(cache)  # mapped, not copied
-    assert all(wcache.check_record(Path(p)) is None for p in params_files(cache))
+    files = {Path(p).name.split("-")[0]: Path(p) for p in params_files(cache)}
+    assert sorted(files) == ONNX_PARTS and all(wcache.check_record(p) is None for p in files.values())
+    # the step's weights are the prefill's (start_record.SharedParams): the same mapped tensors, not a copy, and
+    # its file holds none of them (its header only: nothing of it mapped)
+    assert warm["step_params"] > 0 and warm["step_params_shared"] == warm["step_params"]
+    assert files["decoder_with_past_model"].stat().st_size < 64 * 1024
+    assert warm["mapped"] == sorted(str(files[p]) for p in ("decoder_model", "encoder_model"))  # mapped, not copied
     want = reference_logits(folder)
     assert_close(np.array(first["logits"], np.float32), want)
     assert_close(np.array(warm["logits"], np.float32), want)
@@ -182,17 +190,22 @@ def test_a_touched_onnx_folder_or_damaged_params_start_cold_and_rewrite_them(onn
     assert_close(np.array(cold["logits"], np.float32), want)
     assert run_child(ONNX_CHILD, cache, str(folder))["warm"] == ONNX_PARTS
     # a flipped byte in one part's transformed weights: its record refuses the file, that part starts cold and
-    # writes it again (the same bytes: the transform is deterministic); the other parts stay warm
-    path = Path(next(p for p in params_files(cache) if Path(p).name.startswith("encoder_model-")))
-    good = path.read_bytes()
-    data = bytearray(good)
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    assert "does not match its record" in wcache.check_record(path)
-    repaired = run_child(ONNX_CHILD, cache, str(folder))
-    assert repaired["warm"] == ["decoder_model", "decoder_with_past_model"] and repaired["compiled"] == []
-    assert path.read_bytes() == good and wcache.check_record(path) is None
-    assert_close(np.array(repaired["logits"], np.float32), want)
+    # writes it again (the same bytes: the transform is deterministic); so does every part whose file refers
+    # into it (the step's, into the prefill's); the others stay warm
+    for damaged, still_warm in (("encoder_model", ["decoder_model", "decoder_with_past_model"]),
+                                ("decoder_model", ["encoder_model"])):
+        good = {p: p.read_bytes() for p in map(Path, params_files(cache))}
+        path = next(p for p in good if p.name.startswith(f"{damaged}-"))
+        data = bytearray(good[path])
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        assert "does not match its record" in wcache.check_record(path)
+        repaired = run_child(ONNX_CHILD, cache, str(folder))
+        assert repaired["warm"] == still_warm and repaired["compiled"] == []
+        assert {p: p.read_bytes() for p in map(Path, params_files(cache))} == good
+        assert all(wcache.check_record(p) is None for p in good)
+        assert repaired["step_params_shared"] == repaired["step_params"]
+        assert_close(np.array(repaired["logits"], np.float32), want)
 
 
 def test_a_damaged_packed_weights_file_is_rebuilt_before_it_is_mapped(small_start) -> None:

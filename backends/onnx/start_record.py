@@ -10,7 +10,8 @@ file's bytes and this code only, so the cold start writes two things into the li
 - the transformed weights, `{part}-{graph key}-w{weights digest}.params`: `main`'s weight arguments in the
   packed-weights file format (backends/tvm/packed.py, write_tensors), written atomically with a record
   (backends/cache.py), checked by it and memory-mapped at every start: no transform, no copy, pages shared
-  with every process that runs the same folder;
+  with every process that runs the same folder; an argument that an earlier part's file holds is a
+  reference to it (SharedParams);
 - a start record, `start/{hash of the file's resolved path and the part}.json`: the stat stamps of the
   folder's files, a key of this code, the host and TVM (`start_key`), the names of the library and of the
   params, the part's signature (its inputs and outputs: the binding is checked against the checkpoint's dims
@@ -35,10 +36,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from whisperkv.backends.tvm import runtime
+from whisperkv.backends.tvm.packed import PackedWeightsError, map_tensors, write_tensors
 from whisperkv.reference.files import atomic_path
 from whisperkv.reference.weights import file_stamp, unchanged_since
 
-from ..cache import check_record, sources_digest
+from ..cache import check_record, recorded_sha256, sources_digest
 from .folder import Signature, TensorInfo
 
 START_FORMAT = 1
@@ -122,3 +127,75 @@ class StartRecord:
                 tmp.write_text(json.dumps(raw, sort_keys=True))
         except OSError:
             pass
+
+
+class _Mapped:
+    def __init__(self, sha256: str, arguments: list[list[Any]], arrays: list[np.ndarray]) -> None:
+        self.sha256, self.arguments, self.arrays = sha256, arguments, arrays
+        self.tensors = [runtime.as_tensor(a) for a in arrays]  # shared by DLPack, no copy
+
+
+class SharedParams:
+    """The params files of one start, each mapped once. A part's file holds only the arrays that no earlier
+    part's file (in the folder's part order) holds: for each of `main`'s weight arguments its header names
+    either one of its own arrays or an array of an earlier part's file, by that file's name, the sha256 its
+    record holds (the reference holds only while those bytes are unchanged) and the array's index.
+    decoder_with_past_model's weights are decoder_model's (tiny.en: 97 MB of 215), so both VMs get the same
+    mapped tensors: once on disk, once in memory. References point only to earlier parts, so a file's bytes
+    never depend on a later one: rewritten, it is the same file."""
+
+    def __init__(self, library_dir: Path) -> None:
+        self.library_dir = library_dir
+        self.files: dict[str, _Mapped] = {}
+
+    def _file(self, name: str) -> _Mapped | None:
+        if name not in self.files:
+            sha = recorded_sha256(self.library_dir / name) if Path(name).name == name else None
+            if sha is None:
+                return None
+            try:
+                meta, arrays = map_tensors(self.library_dir / name)
+                arguments = [[file, pin, int(index)] for file, pin, index in meta["arguments"]]
+            except (PackedWeightsError, KeyError, TypeError, ValueError):
+                return None
+            self.files[name] = _Mapped(sha, arguments, arrays)
+        return self.files[name]
+
+    def tensors(self, name: str) -> list[Any] | None:
+        """`main`'s weight arguments from the params file `name` and the files it refers to; None when any of
+        them is missing, fails its record or is not such a file."""
+        own = self._file(name)
+        if own is None:
+            return None
+        out = []
+        for file, pin, index in own.arguments:
+            source = own if file is None else self._file(str(file))
+            if source is None or (file is not None and source.sha256 != pin) or not 0 <= index < len(source.tensors):
+                return None
+            out.append(source.tensors[index])
+        return out
+
+    def write(self, name: str, arrays: list[np.ndarray], earlier: list[str], meta: dict[str, Any]) -> None:
+        """A part's transformed weights `arrays` into the params file `name` (atomically; the caller records
+        it), those equal to an array of one of the `earlier` parts' files (mapped) as references to it."""
+        candidates: dict[tuple[str, tuple[int, ...]], list[tuple[str, str, int, np.ndarray]]] = {}
+        for other in earlier:
+            mapped = self.files[other]
+            for j, b in enumerate(mapped.arrays):  # (its own arrays: what it refers to is in earlier files)
+                candidates.setdefault((b.dtype.str, b.shape), []).append((other, mapped.sha256, j, b))
+        arguments: list[list[Any]] = []
+        own: list[np.ndarray] = []
+        for a in arrays:
+            match = next(((f, pin, j) for f, pin, j, b in candidates.get((a.dtype.str, a.shape), ())
+                          if _same_bytes(a, b)), None)
+            if match is None:
+                arguments.append([None, None, len(own)])
+                own.append(a)
+            else:
+                arguments.append(list(match))
+        self.files.pop(name, None)  # a mapping of the file this replaces (whose references no longer held)
+        write_tensors(self.library_dir / name, {**meta, "arguments": arguments}, own)
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    return np.array_equal(np.ascontiguousarray(a).reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))

@@ -68,7 +68,6 @@ if TYPE_CHECKING:  # the compiler (tvm, relax, schedule_rules) is imported only 
     import onnx  # file, which a warm start does not (start_record.py)
     import tvm
 
-from whisperkv.backends.tvm.packed import PackedWeightsError, map_tensors, write_tensors
 from whisperkv.reference.dims import ModelDims
 from whisperkv.reference.weights import Checkpoint
 
@@ -77,7 +76,7 @@ from . import layout, split  # noqa: E402
 from .cache import cache_dir, exported_folder  # noqa: E402
 from .folder import PartBinding, Signature, check_part  # noqa: E402
 from .protocol import OptimumBackend  # noqa: E402
-from .start_record import StartRecord, folder_stamps, start_key  # noqa: E402
+from .start_record import SharedParams, StartRecord, folder_stamps, start_key  # noqa: E402
 
 # bump when the way libraries are built or called changes (2: the decoders' batch_size left symbolic;
 # 3: scheduled by backends/tvm/schedule_rules.py, weight transforms lifted into main_transform_params;
@@ -432,9 +431,12 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         self.inputs: dict[str, list[str]] = {}
         self.narrowed: dict[str, list[str]] = {}  # part -> float32 initializers stored as float16 (narrow_exact)
         self.warm_parts: list[str] = []  # parts started from their start record (start_record.py): no file read
+        self._shared = SharedParams(library_dir)
+        self._params_file: dict[str, str] = {}  # part -> its params file (in the library folder)
         dims = checkpoint.dims
         bindings: dict[str, PartBinding] = {}
         files = split.part_files(folder, fp16)
+        self._part_order = [part for part, _ in files]
         keys = {part: start_key([*_graph_independent_key(), dims.key()], part) for part, _ in files}
         cold: dict[str, Path] = {}
         for part, path in files:
@@ -455,14 +457,14 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
     def _start_warm(self, part: str, path: Path, record: StartRecord, library_dir: Path, dims: ModelDims,
                     bindings: dict[str, PartBinding]) -> bool:
         """One part from its start record: the library loaded, the transformed weights mapped; False when the
-        params file turns out unreadable (the part then starts cold, which writes it again)."""
-        try:
-            _, arrays = map_tensors(library_dir / record.params)
-        except PackedWeightsError:
+        params file, or one it refers to, fails (the part then starts cold, which writes its own again)."""
+        params = self._shared.tensors(record.params)
+        if params is None:
             return False
         bindings[part] = check_part(part, path, record.signature, dims)  # the file's signature against these dims
         self.vms[part] = runtime.VM(load_module(library_dir / record.library), allocator_for(part))
-        self.params[part] = [runtime.as_tensor(a) for a in arrays]
+        self.params[part] = params
+        self._params_file[part] = record.params
         self.inputs[part] = [t.name for t in record.signature.inputs]
         self.narrowed[part] = record.narrowed
         self.warm_parts.append(part)
@@ -482,18 +484,25 @@ class TVMOnnxBackend(TVMTensors, OptimumBackend):
         initializers = {t.name for t in model.graph.initializer}
         self.inputs[part] = [v.name for v in model.graph.input if v.name not in initializers]
         params = library.with_name(f"{library.stem}-w{weights_digest(model)[:16]}.params")
+        earlier = [self._params_file[p] for p in self._part_order[: self._part_order.index(part)]
+                   if p in self._params_file]
 
         def write_params() -> None:
             arrays = [np.from_dlpack(t) for t in transformed_weights(module, model)]
-            write_tensors(params, {"part": part, "library": library.name}, arrays)
+            self._shared.write(params.name, arrays, earlier, {"part": part, "library": library.name})
 
-        try:
-            cached(params, write_params, what="transformed weights", quiet=quiet)
-            _, arrays = map_tensors(params)
-        except (CacheError, PackedWeightsError):  # a cache that cannot be written: the weights in memory
-            self.params[part] = transformed_weights(module, model)
-            return None
-        self.params[part] = [runtime.as_tensor(a) for a in arrays]
+        tensors = self._shared.tensors(params.name)  # (one whose record holds: a touched folder, same weights)
+        if tensors is None:
+            try:
+                cached(params, write_params, what="transformed weights", quiet=quiet, force=params.exists())
+            except CacheError:  # a cache that cannot be written: the weights in memory, no record
+                self.params[part] = transformed_weights(module, model)
+                return None
+            tensors = self._shared.tensors(params.name)
+            if tensors is None:
+                raise CacheError(f"{params}: written, but not readable back")
+        self.params[part] = tensors
+        self._params_file[part] = params.name
         signature = Signature(tuple(binding.inputs.values()), tuple(binding.outputs.values()))
         return StartRecord(library.name, params.name, signature, narrowed)
 
