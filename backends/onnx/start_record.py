@@ -109,10 +109,10 @@ class StartRecord:
                                  [str(n) for n in raw["narrowed"]])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        for name in (record.library, record.params):  # names only: a record cannot point out of the folder
-            if Path(name).name != name or check_record(library_dir / name) is not None:
-                return None
-        return record
+        # names only: a record cannot point out of the folder (the params' own record is SharedParams')
+        if any(Path(name).name != name for name in (record.library, record.params)):
+            return None
+        return record if check_record(library_dir / record.library) is None else None
 
     def write(self, library_dir: Path, source: Path, part: str, key: str, stamps: dict[str, list[int]]) -> None:
         """Best effort: a cache that cannot be written keeps cold starts (and says nothing)."""

@@ -72,9 +72,13 @@ def packed_path(cfg: ModelConfig, digest: str, directory: Path | None = None) ->
     return (directory or cache_dir()) / f"whisper-{cfg.key()}-p{layout_digest(cfg)[:12]}-{digest[:16]}.weights"
 
 
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
 def _data_start(header_length: int) -> int:
     """The tensors' offsets are relative to the first multiple of ALIGN after the prefix and the header."""
-    return -(-(_PREFIX.size + header_length) // ALIGN) * ALIGN
+    return _aligned(_PREFIX.size + header_length)
 
 
 def _layout(cfg: ModelConfig, digest: str) -> tuple[bytes, list[tuple[str, str, str, tuple[int, ...], int]]]:
@@ -84,7 +88,7 @@ def _layout(cfg: ModelConfig, digest: str) -> tuple[bytes, list[tuple[str, str, 
     for fn, specs in param_specs(cfg).items():
         for name, shape, dtype in specs:
             entries.append([fn, name, dtype, list(shape), offset])
-            offset += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // ALIGN) * ALIGN
+            offset += _aligned(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
     header = json.dumps({"config": config_record(cfg), "checkpoint": digest, "align": ALIGN,
                          "tensors": entries}, sort_keys=True).encode()
     start = _data_start(len(header))
@@ -163,7 +167,7 @@ def write_tensors(path: Path, meta: dict[str, Any], arrays: list[np.ndarray]) ->
     entries, offset = [], 0
     for a in arrays:
         entries.append([a.dtype.str, list(a.shape), offset])
-        offset += -(-a.nbytes // ALIGN) * ALIGN
+        offset += _aligned(a.nbytes)
     header = json.dumps({**meta, "align": ALIGN, "tensors": entries}, sort_keys=True).encode()
     start = _data_start(len(header))
     path.parent.mkdir(parents=True, exist_ok=True)
